@@ -1,0 +1,124 @@
+"""Command line: ``reconciler validate|init-db|...`` (also ``python -m reconciler``).
+
+Top layer: parses arguments, loads the configuration, calls the pipeline stages and maps outcomes
+to the exit codes of SPEC section 4 (0 success, 1 invalid/changes/failed, 2 could not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+
+from reconciler import __version__
+from reconciler import logging as rlog
+from reconciler.errors import ReconcilerError
+from reconciler.models import AgentConfig, load_config
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+DEFAULT_CONFIG = "/etc/reconciler/config.toml"
+log = structlog.get_logger("reconciler.cli")
+
+
+class ConfigError(ReconcilerError):
+    """The agent configuration is missing or invalid."""
+
+
+def config_path(arg: str | None) -> Path:
+    """``--config``, else ``$RECONCILER_CONFIG``, else /etc/reconciler/config.toml."""
+    return Path(arg or os.environ.get("RECONCILER_CONFIG") or DEFAULT_CONFIG)
+
+
+def read_config(arg: str | None) -> AgentConfig:
+    """Load the agent configuration, turning every failure into a ``ConfigError`` naming the key."""
+    path = config_path(arg)
+    try:
+        return load_config(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: " + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"{path}: {details}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _is_bare(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and not (path / ".git").exists()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a revision or folder; print each problem as ``path[:line]: message``."""
+    from reconciler.source import open_snapshot
+    from reconciler.validate import DEFAULT_LIVE_CONFIG_DIR, validate_snapshot
+
+    live_dir = DEFAULT_LIVE_CONFIG_DIR
+    if args.config or os.environ.get("RECONCILER_CONFIG") or Path(DEFAULT_CONFIG).exists():
+        live_dir = read_config(args.config).postfix.config_dir
+    repo = Path(args.repo)
+    rev = args.rev if args.rev or not _is_bare(repo) else "HEAD"
+    snapshot = open_snapshot(repo, rev)
+    _, problems = validate_snapshot(snapshot, live_dir)
+    for problem in problems:
+        print(problem)
+    what = snapshot.revision or str(repo)
+    if problems:
+        print(f"{what}: {len(problems)} problem(s)", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"{what}: valid", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    """Create or upgrade the tables of SPEC section 2."""
+    from reconciler.db import connect, init_db
+
+    cfg = read_config(args.config)
+    conn = connect(cfg.mysql)
+    try:
+        init_db(conn)
+    finally:
+        conn.close()
+    log.info("init_db.done", database=cfg.mysql.database)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="reconciler", description="GitOps agent for Postfix mail servers")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", help=f"agent configuration (default $RECONCILER_CONFIG or {DEFAULT_CONFIG})")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a revision with the schemas and Postfix's own tools")
+    p.add_argument("--repo", default=".", help="repository, work tree or plain folder (default: .)")
+    p.add_argument("--rev", help="git revision to read from the object database (default: the files as they are)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("init-db", help="create or upgrade the MySQL tables")
+    p.set_defaults(func=cmd_init_db)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    rlog.configure(args.log_level)
+    try:
+        code: int = args.func(args)
+    except ReconcilerError as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    return code

@@ -1,0 +1,374 @@
+"""The desired stage: a Snapshot parsed and checked into a typed ``DesiredState``.
+
+Pure apart from reading blobs from the snapshot. Checks everything that needs no Postfix: the
+repository's shape (regular UTF-8 files only, size limit, nothing unexpected under ``postfix/`` and
+``domains/``), secret placeholders, and every domain file against the models plus the cross-file
+rules (file name equals domain, addresses inside their domain, no duplicates, no alias cycles).
+Every problem is collected, never just the first. Called by ``validate`` and later stages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from reconciler.errors import Problem
+from reconciler.models import DomainFile
+from reconciler.source import EntryKind, Snapshot
+
+MAX_FILE_SIZE = 64 * 1024 * 1024
+POSTFIX_DIR = "postfix/"
+DOMAINS_DIR = "domains/"
+# Names Postfix config files can safely have: no spaces, no shell or map metacharacters.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
+_SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
+_SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+# Built tables and editor leftovers never belong in the repo: the agent builds tables itself.
+_GENERATED_SUFFIXES = (".db", ".lmdb", ".cdb", ".dir", ".pag", ".swp", "~")
+REQUIRED_POSTFIX_FILES = ("main.cf", "master.cf")
+# C0 controls but tab and newline, DEL, C1 controls and the Unicode line separators.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    """A file of ``postfix/`` as the repo holds it: a template until secrets are substituted."""
+
+    name: str
+    blob_id: str
+    template: bytes
+    secrets: frozenset[str]
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything a revision asks for (in-memory, immutable)."""
+
+    revision: str | None
+    files: Mapping[str, DesiredFile]
+    domains: Mapping[str, DomainFile]
+
+
+@dataclass(frozen=True)
+class ParsedDomain:
+    """The outcome of parsing one domain file (in-memory; cacheable by blob id)."""
+
+    model: DomainFile | None
+    problems: tuple[Problem, ...]
+
+
+def build_desired(snapshot: Snapshot) -> tuple[DesiredState, list[Problem]]:
+    """Parse and check a snapshot; returns the state (possibly partial) and every problem."""
+    problems: list[Problem] = []
+    files: dict[str, DesiredFile] = {}
+    parsed: dict[str, ParsedDomain] = {}
+    for path in sorted(snapshot.entries):
+        entry = snapshot.entries[path]
+        in_postfix = path.startswith(POSTFIX_DIR)
+        in_domains = path.startswith(DOMAINS_DIR)
+        if entry.kind is EntryKind.SYMLINK:
+            if in_postfix or in_domains:
+                problems.append(Problem(path, None, "symbolic links are not allowed"))
+            continue
+        if entry.kind is EntryKind.SUBMODULE:
+            problems.append(Problem(path, None, "submodules are not allowed"))
+            continue
+        if entry.kind is EntryKind.OTHER:
+            problems.append(Problem(path, None, "only regular files are allowed"))
+            continue
+        if not (in_postfix or in_domains):
+            continue  # README.md, CI files and the like are not managed
+        shape = _shape_problem(path)
+        if shape:
+            problems.append(Problem(path, None, shape))
+            continue
+        if entry.size > MAX_FILE_SIZE:
+            problems.append(Problem(path, None, f"file is {entry.size} bytes; the limit is {MAX_FILE_SIZE}"))
+            continue
+        data = snapshot.read(path)
+        text_problem = text_problems(path, data)
+        if text_problem:
+            problems.extend(text_problem)
+            continue
+        if in_postfix:
+            name = path[len(POSTFIX_DIR) :]
+            secrets, secret_problems = secret_refs(path, data.decode("utf-8"))
+            problems.extend(secret_problems)
+            files[name] = DesiredFile(name, entry.blob_id, data, secrets)
+        else:
+            result = parse_domain_file(path, data)
+            problems.extend(result.problems)
+            parsed[path] = result
+    for required in REQUIRED_POSTFIX_FILES:
+        if required not in files and not any(p.path == POSTFIX_DIR + required for p in problems):
+            problems.append(Problem(POSTFIX_DIR + required, None, "required file is missing"))
+    domains = {}
+    for result in parsed.values():
+        if result.model is not None:
+            domains[result.model.domain] = result.model
+    problems.extend(cross_domain_problems(snapshot, parsed))
+    return DesiredState(snapshot.revision, files, domains), problems
+
+
+def _shape_problem(path: str) -> str | None:
+    parts = path.split("/")
+    if len(parts) != 2:
+        return f"unexpected path: only files directly inside {parts[0]}/ are allowed"
+    name = parts[1]
+    if not _SAFE_NAME.match(name):
+        return f"unexpected file name {name!r}: use letters, digits, '.', '_', '+' and '-'"
+    if name.endswith(_GENERATED_SUFFIXES):
+        return "built tables and editor files do not belong in the repo (the agent builds tables)"
+    if parts[0] == "domains" and not name.endswith(".yaml"):
+        return "unexpected file: domains/ holds only <domain>.yaml files"
+    return None
+
+
+def text_problems(path: str, data: bytes) -> list[Problem]:
+    """UTF-8, no NUL, no control characters but tab and newline; one problem per bad line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [Problem(path, data[: exc.start].count(b"\n") + 1, "not valid UTF-8 text")]
+    out: list[Problem] = []
+    last_line = 0
+    for m in _CONTROL.finditer(text):
+        number = text.count("\n", 0, m.start()) + 1
+        if number != last_line:
+            ch = m.group(0)
+            what = "NUL byte" if ch == "\0" else f"control character {ch!r}"
+            out.append(Problem(path, number, f"{what} (only tab and newline are allowed)"))
+            last_line = number
+    return out
+
+
+def secret_refs(path: str, text: str) -> tuple[frozenset[str], list[Problem]]:
+    """Names of the ``${secret:NAME}`` placeholders in a text, and malformed ones as problems."""
+    names: set[str] = set()
+    problems: list[Problem] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        for m in _SECRET_REF.finditer(line):
+            if _SECRET_NAME.match(m.group(1)):
+                names.add(m.group(1))
+            else:
+                problems.append(Problem(path, number, f"invalid secret name {m.group(1)!r}"))
+        if "${secret:" in _SECRET_REF.sub("", line):
+            problems.append(Problem(path, number, "unterminated ${secret:...} placeholder"))
+    return frozenset(names), problems
+
+
+# ------------------------------------------------------------------------------------------------
+# Domain files
+
+
+class _Loader(yaml.CSafeLoader):
+    """Safe YAML loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            ) from None
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen[key] = loader.construct_object(value_node, deep=True)
+    return seen
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    return yaml.compose(text, Loader=_Loader)
+
+
+def _node_line(root: yaml.Node | None, loc: Iterable[int | str]) -> int | None:
+    """Line of the YAML node at a pydantic error location (the deepest one that exists)."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == part:
+                    line = key_node.start_mark.line + 1
+                    node = value_node
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+class _Lines:
+    """Line numbers of a domain file's YAML nodes, composed only when a message needs one."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._root: yaml.Node | None = None
+        self._done = False
+
+    def at(self, loc: Iterable[int | str]) -> int | None:
+        if not self._done:
+            try:
+                self._root = _compose(self._text)
+            except yaml.YAMLError:
+                self._root = None
+            self._done = True
+        return _node_line(self._root, loc)
+
+
+def load_yaml(path: str, data: bytes) -> tuple[Any, list[Problem]]:
+    """Safe-load YAML refusing duplicate keys; a syntax error becomes a problem with its line."""
+    try:
+        return yaml.load(data.decode("utf-8"), Loader=_Loader), []  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        return None, [Problem(path, line, f"invalid YAML: {reason}")]
+
+
+def parse_domain_file(path: str, data: bytes) -> ParsedDomain:
+    """Parse and check one ``domains/<domain>.yaml``; problems carry the file's line numbers."""
+    raw, problems = load_yaml(path, data)
+    if problems:
+        return ParsedDomain(None, tuple(problems))
+    lines = _Lines(data.decode("utf-8"))
+    if not isinstance(raw, dict):
+        return ParsedDomain(None, (Problem(path, 1, "a domain file must be a mapping with a 'domain' key"),))
+    try:
+        model = DomainFile.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc = err["loc"]
+            field = ".".join(str(p) for p in loc)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key {loc[-1]!r}"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            problems.append(Problem(path, lines.at(loc), f"{field}: {msg}"))
+        return ParsedDomain(None, tuple(problems))
+    problems = _domain_rules(path, model, lines)
+    return ParsedDomain(None if problems else model, tuple(problems))
+
+
+def _domain_rules(path: str, model: DomainFile, lines: _Lines) -> list[Problem]:
+    problems: list[Problem] = []
+    domain = model.domain
+    stem = path[len(DOMAINS_DIR) :].removesuffix(".yaml")
+    if stem != domain:
+        problems.append(Problem(path, lines.at(["domain"]), f"domain {domain!r} must equal the file name {stem!r}"))
+    seen_mailboxes: dict[str, int] = {}
+    for i, mailbox in enumerate(model.mailboxes):
+        if mailbox.address.rpartition("@")[2].lower() != domain:
+            problems.append(
+                Problem(path, lines.at(["mailboxes", i]), f"mailbox {mailbox.address} is not in domain {domain}")
+            )
+        key = mailbox.address.casefold()
+        if key in seen_mailboxes:
+            problems.append(
+                Problem(
+                    path,
+                    lines.at(["mailboxes", i]),
+                    f"duplicate mailbox {mailbox.address} "
+                    f"(first at line {lines.at(['mailboxes', seen_mailboxes[key]])})",
+                )
+            )
+        else:
+            seen_mailboxes[key] = i
+    seen_aliases: dict[tuple[str, str], int] = {}
+    for i, alias in enumerate(model.aliases):
+        if alias.source.rpartition("@")[2].lower() != domain:
+            problems.append(
+                Problem(path, lines.at(["aliases", i]), f"alias source {alias.source} is not in domain {domain}")
+            )
+        pair = (alias.source.casefold(), alias.destination.casefold())
+        if pair in seen_aliases:
+            problems.append(
+                Problem(
+                    path,
+                    lines.at(["aliases", i]),
+                    f"duplicate alias {alias.source} -> {alias.destination} "
+                    f"(first at line {lines.at(['aliases', seen_aliases[pair]])})",
+                )
+            )
+        else:
+            seen_aliases[pair] = i
+    return problems
+
+
+def cross_domain_problems(snapshot: Snapshot, parsed: Mapping[str, ParsedDomain]) -> list[Problem]:
+    """Rules across domain files: a domain declared twice, alias cycles among hosted addresses."""
+    problems: list[Problem] = []
+    owner: dict[str, str] = {}
+    for path, result in sorted(parsed.items()):
+        if result.model is None:
+            continue
+        name = result.model.domain
+        if name in owner:
+            problems.append(Problem(path, 1, f"domain {name} is already declared in {owner[name]}"))
+        else:
+            owner[name] = path
+    # Alias graph over hosted addresses; a self-edge (keep a copy) is how Postfix users say "also
+    # deliver here" and is not a loop. Any longer cycle makes Postfix bounce the mail.
+    edges: dict[str, list[tuple[str, str, int]]] = {}
+    for path, result in parsed.items():
+        if result.model is None:
+            continue
+        for i, alias in enumerate(result.model.aliases):
+            src, dst = alias.source.casefold(), alias.destination.casefold()
+            if src != dst and dst.rpartition("@")[2] in owner:
+                edges.setdefault(src, []).append((dst, path, i))
+    for cycle in _cycles(edges):
+        src = cycle[0]
+        dst, path, index = next(e for e in edges[src] if e[0] == cycle[1 % len(cycle)])
+        line = _Lines(snapshot.read(path).decode("utf-8")).at(["aliases", index])
+        problems.append(Problem(path, line, "alias cycle: " + " -> ".join([*cycle, cycle[0]])))
+    return problems
+
+
+def _cycles(edges: Mapping[str, list[tuple[str, str, int]]]) -> list[list[str]]:
+    """One representative cycle per strongly connected loop (iterative DFS, colours)."""
+    white, grey, black = 0, 1, 2
+    colour: dict[str, int] = {}
+    found: list[list[str]] = []
+    for start in sorted(edges):
+        if colour.get(start, white) != white:
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        trail: list[str] = [start]
+        colour[start] = grey
+        while stack:
+            node, idx = stack[-1]
+            succ = edges.get(node, [])
+            if idx < len(succ):
+                stack[-1] = (node, idx + 1)
+                nxt = succ[idx][0]
+                state = colour.get(nxt, white)
+                if state == white:
+                    colour[nxt] = grey
+                    stack.append((nxt, 0))
+                    trail.append(nxt)
+                elif state == grey:
+                    found.append(trail[trail.index(nxt) :])
+            else:
+                colour[node] = black
+                stack.pop()
+                trail.pop()
+    return found

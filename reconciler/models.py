@@ -1,0 +1,252 @@
+"""Pydantic models of what users write: the domain file and the agent configuration.
+
+Bottom layer of the pipeline: pure, no I/O beyond reading a TOML file in ``load_config``. The JSON
+Schemas in ``schemas/`` are generated from these models (``python -m reconciler.schemagen``), and a
+test fails when they are stale. Unknown keys are errors naming the key (``extra="forbid"``), and
+types are strict: ``password: 123`` is refused rather than coerced.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+# RFC 5321 "atext" for a dot-string local part. Quoted local parts are refused on purpose: Postfix
+# tables, SQL rows and MUAs disagree on their canonical form, and no hosted mailbox needs one.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+# Password hashes as Dovecot writes them: "{SCHEME}hash". Scheme names are upper case with digits,
+# dashes and dots (BLF-CRYPT, SHA512-CRYPT, ARGON2ID, SSHA512, ...).
+_HASH_RE = re.compile(r"\{[A-Z0-9][A-Z0-9.-]*\}[!-~]+\Z")
+_PLAINTEXT_SCHEMES = frozenset({"PLAIN", "CLEARTEXT", "PLAIN-TRUNC", "CRAM-MD5", "DIGEST-MD5"})
+
+
+def control_char_problem(value: str) -> str | None:
+    """Why ``value`` cannot go into a table or row (a control character or whitespace), else None."""
+    for ch in value:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            return f"contains control character {ch!r}"
+        if ch.isspace():
+            return "contains whitespace"
+        if 0x80 <= ord(ch) <= 0x9F or ch in "\u2028\u2029\ufeff":
+            return f"contains control character {ch!r}"
+    return None
+
+
+def domain_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid hosted domain name (RFC 5321 / 1035 LDH labels), else None."""
+    bad = control_char_problem(name)
+    if bad:
+        return bad
+    if not name or len(name) > 253:
+        return "domain must be 1 to 253 characters"
+    if name != name.lower():
+        return "domain must be lower case"
+    labels = name.split(".")
+    if len(labels) < 2:
+        return "domain must have at least two labels"
+    for label in labels:
+        if not _LABEL_RE.match(label):
+            return f"invalid domain label {label!r}"
+    return None
+
+
+def address_problem(address: str, *, allow_catch_all: bool = False) -> str | None:
+    """Why ``address`` is not a valid RFC 5321 mailbox (or ``@domain`` catch-all), else None."""
+    bad = control_char_problem(address)
+    if bad:
+        return bad
+    if len(address) > 254:
+        return "address longer than 254 characters"
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "address has no @"
+    if local == "" and allow_catch_all:
+        return domain_problem(domain)
+    if local == "":
+        return "address has an empty local part"
+    if len(local) > 64:
+        return "local part longer than 64 characters"
+    if not _LOCAL_RE.match(local):
+        return f"invalid local part {local!r} (RFC 5321 dot-string; quoted local parts are not supported)"
+    return domain_problem(domain)
+
+
+def _check(problem: str | None, value: str) -> str:
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _mailbox_address(v: str) -> str:
+    return _check(address_problem(v), v)
+
+
+def _alias_source(v: str) -> str:
+    return _check(address_problem(v, allow_catch_all=True), v)
+
+
+def _domain_name(v: str) -> str:
+    return _check(domain_problem(v), v)
+
+
+def _password_hash(v: str) -> str:
+    if not _HASH_RE.match(v):
+        raise ValueError(
+            "password must be a hash with a scheme prefix such as {BLF-CRYPT} or {SHA512-CRYPT}; "
+            "plaintext passwords are refused"
+        )
+    scheme = v[1 : v.index("}")]
+    if scheme in _PLAINTEXT_SCHEMES:
+        raise ValueError(f"password scheme {{{scheme}}} stores the plaintext; use a hash scheme")
+    return v
+
+
+MailboxAddress = Annotated[str, AfterValidator(_mailbox_address)]
+AliasSource = Annotated[str, AfterValidator(_alias_source)]
+DomainName = Annotated[str, AfterValidator(_domain_name)]
+PasswordHash = Annotated[str, AfterValidator(_password_hash)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Mailbox(_Strict):
+    """A mailbox of a hosted domain: one row of ``virtual_users``."""
+
+    address: MailboxAddress = Field(description="The full address, inside the file's domain.")
+    password: PasswordHash = Field(
+        description="A password hash with a scheme prefix, e.g. {BLF-CRYPT}$2y$05$...; never plaintext.",
+        json_schema_extra={"pattern": _HASH_RE.pattern.removesuffix(r"\Z") + "$"},
+    )
+
+
+class Alias(_Strict):
+    """One alias row of ``virtual_aliases``; several destinations repeat the source."""
+
+    source: AliasSource = Field(description='An address of the domain, or "@domain" for a catch-all.')
+    destination: MailboxAddress = Field(description="Where mail for the source goes (any domain).")
+
+
+class DomainFile(_Strict):
+    """A ``domains/<domain>.yaml`` file: a hosted virtual domain and all of its rows."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        title="Postfix reconciler domain file",
+        json_schema_extra={"$id": "https://postfix-reconciler.invalid/schemas/domain.schema.json"},
+    )
+
+    domain: DomainName = Field(description="The domain name; must equal the file name without .yaml.")
+    mailboxes: tuple[Mailbox, ...] = Field(default=(), description="Mailboxes of this domain.")
+    aliases: tuple[Alias, ...] = Field(default=(), description="Aliases whose source is in this domain.")
+
+    @field_validator("mailboxes", "aliases", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: object) -> object:
+        # "mailboxes:" with nothing under it is YAML null; an administrator means "none".
+        if v is None:
+            return ()
+        if isinstance(v, list):
+            return tuple(v)
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Agent configuration (SPEC section 3)
+
+
+class SourceConfig(_Strict):
+    """Where the desired state comes from."""
+
+    url: str = Field(default="/srv/git/mail-config.git", description="local path, file://, https:// or ssh://")
+    branch: str = "main"
+    poll_interval: Annotated[int, Field(ge=1)] = Field(default=30, description="seconds between fetches")
+    signatures: Literal["off", "required"] = "off"
+    allowed_signers: str = ""
+    gpg_keyring: str = ""
+    ssh_key: str = Field(default="", description="private key file for ssh:// remotes")
+    token_file: str = Field(default="", description="file holding an access token for https:// remotes")
+
+
+class PostfixConfig(_Strict):
+    """The Postfix instance being managed."""
+
+    config_dir: str = "/etc/postfix"
+    health_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="seconds to wait for every inet listener to answer 220 after a reload"
+    )
+
+
+class MysqlConfig(_Strict):
+    """The agent's connection to the mail database."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 3306
+    unix_socket: str = ""
+    user: str = "reconciler"
+    password_file: str = "/etc/reconciler/mysql-password"  # noqa: S105 - a path, not a password
+    database: str = "mailserver"
+
+
+class SecretsConfig(_Strict):
+    """Where ``${secret:NAME}`` values are read from."""
+
+    dir: str = "/etc/reconciler/secrets"
+
+
+class StateConfig(_Strict):
+    """The agent's own persistent state."""
+
+    dir: str = "/var/lib/reconciler"
+
+
+class PolicyConfig(_Strict):
+    """What the agent may do on its own."""
+
+    self_heal: bool = True
+    drift_check_interval: Annotated[int, Field(ge=1)] = 60
+    max_delete_fraction: Annotated[float, Field(ge=0, le=1)] = 0.25
+
+
+class ApiConfig(_Strict):
+    """The HTTP status API."""
+
+    listen: str = "127.0.0.1:9480"
+    token_file: str = ""
+    webhook_secret_file: str = ""
+
+
+class AgentConfig(_Strict):
+    """The agent configuration file (TOML), SPEC section 3."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        title="Postfix reconciler agent configuration",
+        json_schema_extra={"$id": "https://postfix-reconciler.invalid/schemas/config.schema.json"},
+    )
+
+    source: SourceConfig = SourceConfig()
+    postfix: PostfixConfig = PostfixConfig()
+    mysql: MysqlConfig = MysqlConfig()
+    secrets: SecretsConfig = SecretsConfig()
+    state: StateConfig = StateConfig()
+    policy: PolicyConfig = PolicyConfig()
+    api: ApiConfig = ApiConfig()
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate the agent configuration; raises ``ValueError`` naming the bad key."""
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    return AgentConfig.model_validate(data)

@@ -1,0 +1,139 @@
+"""Thin, typed wrappers around Postfix's own tools: postconf, postmap, postalias, postfix.
+
+Called by ``validate`` (on a staged copy), ``observed`` and ``apply``/``verify`` (on the live config
+directory). Every call passes ``-c config_dir`` and an argument list, never a shell string. Postfix
+tools exit 0 while printing ``warning:`` lines; ``ToolResult.diagnostics`` returns them so callers
+can count them as errors.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.errors import ToolError
+
+# Table types whose source file is compiled into an indexed file by postmap/postalias.
+INDEXED_TYPES = frozenset({"hash", "btree", "lmdb", "cdb", "dbm", "sdbm"})
+# Table types Postfix reads straight from the source file.
+TEXT_TYPES = frozenset({"cidr", "pcre", "regexp", "texthash"})
+# Postfix table-reference syntax inside a parameter value: type:name.
+_TABLE_REF = re.compile(r"(?<![\w$])([a-z][a-z0-9]*):(\S+?)(?=[\s,]|$)")
+_DIAG = re.compile(r"^(?P<prog>[\w/.-]+): (?P<level>warning|fatal|error|panic): (?P<text>.*)$")
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One ``warning:``/``fatal:`` line a Postfix tool printed (in-memory result)."""
+
+    level: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """Exit status and output of one tool run (in-memory result)."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def diagnostics(self) -> list[Diagnostic]:
+        """Every warning/fatal/error line; any stderr line that is not one becomes an error too."""
+        out: list[Diagnostic] = []
+        for line in self.stderr.splitlines():
+            if not line.strip():
+                continue
+            m = _DIAG.match(line)
+            if m:
+                out.append(Diagnostic(m["level"], m["text"]))
+            else:
+                out.append(Diagnostic("error", line.strip()))
+        if self.returncode != 0 and not any(d.level in ("fatal", "error", "panic") for d in out):
+            out.append(Diagnostic("fatal", f"{self.argv[0]} exited with status {self.returncode}"))
+        return out
+
+
+def run_tool(argv: Sequence[str], *, timeout: float = 120.0, input_text: str | None = None) -> ToolResult:
+    """Run one Postfix tool; raises ``ToolError`` only if it cannot be started at all."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise ToolError(f"{argv[0]} not found: install Debian's postfix package") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(f"{argv[0]} did not finish within {timeout:.0f} s") from exc
+    return ToolResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+def postconf(config_dir: Path, *args: str) -> ToolResult:
+    """``postconf -c config_dir ARGS``."""
+    return run_tool(["postconf", "-c", str(config_dir), *args])
+
+
+def postmap(config_dir: Path, *args: str) -> ToolResult:
+    """``postmap -c config_dir ARGS``."""
+    return run_tool(["postmap", "-c", str(config_dir), *args])
+
+
+def postalias(config_dir: Path, *args: str) -> ToolResult:
+    """``postalias -c config_dir ARGS``."""
+    return run_tool(["postalias", "-c", str(config_dir), *args])
+
+
+def postfix_cmd(config_dir: Path, *args: str, timeout: float = 120.0) -> ToolResult:
+    """``postfix -c config_dir ARGS`` (start, stop, reload, status, check)."""
+    return run_tool(["postfix", "-c", str(config_dir), *args], timeout=timeout)
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """Parse ``name = value`` lines as ``postconf -n``/``-P`` print them (one per line)."""
+    params: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(" = ")
+        if sep:
+            params[name.strip()] = value.strip()
+        elif line.endswith(" ="):
+            params[line[:-2].strip()] = ""
+    return params
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A ``type:path`` table reference found in a parameter value (in-memory result)."""
+
+    type: str
+    path: str
+    parameter: str
+
+
+def table_refs(params: dict[str, str]) -> Iterator[TableRef]:
+    """Every ``type:path`` with an absolute path in the given (expanded) parameter values."""
+    for name, value in params.items():
+        for m in _TABLE_REF.finditer(value):
+            typ, path = m.group(1), m.group(2)
+            if typ == "proxy":  # proxy:hash:/path -> the inner table
+                inner = _TABLE_REF.match(path)
+                if inner:
+                    typ, path = inner.group(1), inner.group(2)
+            path = path.rstrip(",")
+            if path.startswith("/"):
+                yield TableRef(typ, path, name)
+
+
+def supported_table_types(config_dir: Path) -> frozenset[str]:
+    """Table types this Postfix build supports (``postconf -m``)."""
+    res = postconf(config_dir, "-m")
+    return frozenset(line.strip() for line in res.stdout.splitlines() if line.strip())

@@ -1,0 +1,153 @@
+"""The source stage: one revision of the desired-state repository, read without a checkout.
+
+``open_snapshot`` reads a git revision straight from the object database with pygit2, or a plain
+folder (or work tree) as it is. A ``Snapshot`` lists every entry with its git blob id, so later
+stages can cache what they parse by blob id and re-parse only what changed. Called by ``validate``,
+``diff``/``apply`` (through the CLI) and the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import pygit2
+
+from reconciler.errors import SourceError
+
+
+class EntryKind(StrEnum):
+    """What a repository entry is; only ``file`` (and ``executable``) carry content."""
+
+    FILE = "file"
+    EXECUTABLE = "executable"
+    SYMLINK = "symlink"
+    SUBMODULE = "submodule"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path of a revision (in-memory): its kind, git blob id and size in bytes."""
+
+    path: str
+    kind: EntryKind
+    blob_id: str
+    size: int
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """Metadata of the commit a snapshot was read from (in-memory)."""
+
+    id: str
+    subject: str
+    message: str
+    author: str
+    time: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A revision of the desired-state repository (in-memory, read-only)."""
+
+    root: str
+    revision: str | None
+    entries: Mapping[str, Entry]
+    commit: CommitInfo | None = None
+    _repo: pygit2.Repository | None = field(default=None, repr=False, compare=False)
+
+    def read(self, path: str) -> bytes:
+        """Content of a file entry."""
+        entry = self.entries[path]
+        if self._repo is not None:
+            blob = self._repo[entry.blob_id]
+            assert isinstance(blob, pygit2.Blob)  # noqa: S101 - entries of kind file are blobs by construction
+            return bytes(blob.data)
+        return (Path(self.root) / path).read_bytes()
+
+
+def open_snapshot(repo: Path, rev: str | None = None) -> Snapshot:
+    """Read ``rev`` of the git repository at ``repo``, or the folder ``repo`` as it is when rev is None."""
+    if rev is None:
+        if not repo.is_dir():
+            raise SourceError(f"{repo}: not a directory")
+        return _folder_snapshot(repo)
+    try:
+        git = pygit2.Repository(str(repo))
+    except (pygit2.GitError, KeyError) as exc:
+        raise SourceError(f"{repo}: not a git repository") from exc
+    try:
+        obj = git.revparse_single(rev)
+        commit = obj.peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise SourceError(f"{repo}: unknown revision {rev!r}") from exc
+    entries: dict[str, Entry] = {}
+    _walk_tree(git, commit.tree, "", entries)
+    message = commit.message
+    info = CommitInfo(
+        id=str(commit.id),
+        subject=message.splitlines()[0] if message else "",
+        message=message,
+        author=f"{commit.author.name} <{commit.author.email}>",
+        time=commit.commit_time,
+    )
+    return Snapshot(str(repo), str(commit.id), entries, info, git)
+
+
+def _walk_tree(git: pygit2.Repository, tree: pygit2.Tree, prefix: str, out: dict[str, Entry]) -> None:
+    for item in tree:
+        path = f"{prefix}{item.name}"
+        mode = item.filemode
+        if mode == pygit2.enums.FileMode.TREE:
+            subtree = git[item.id]
+            assert isinstance(subtree, pygit2.Tree)  # noqa: S101 - mode TREE means a tree object
+            _walk_tree(git, subtree, f"{path}/", out)
+            continue
+        if mode == pygit2.enums.FileMode.BLOB:
+            kind = EntryKind.FILE
+        elif mode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
+            kind = EntryKind.EXECUTABLE
+        elif mode == pygit2.enums.FileMode.LINK:
+            kind = EntryKind.SYMLINK
+        elif mode == pygit2.enums.FileMode.COMMIT:
+            out[path] = Entry(path, EntryKind.SUBMODULE, str(item.id), 0)
+            continue
+        else:
+            kind = EntryKind.OTHER
+        blob = git[item.id]
+        out[path] = Entry(path, kind, str(item.id), blob.size if isinstance(blob, pygit2.Blob) else 0)
+
+
+def _folder_snapshot(root: Path) -> Snapshot:
+    entries: dict[str, Entry] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        prefix = "" if rel_dir == "." else f"{Path(rel_dir).as_posix()}/"
+        if prefix == "":
+            dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in [*dirnames]:
+            full = Path(dirpath) / name
+            if full.is_symlink():
+                entries[f"{prefix}{name}"] = Entry(f"{prefix}{name}", EntryKind.SYMLINK, "", 0)
+                dirnames.remove(name)
+            elif (full / ".git").exists():
+                entries[f"{prefix}{name}"] = Entry(f"{prefix}{name}", EntryKind.SUBMODULE, "", 0)
+                dirnames.remove(name)
+        for name in filenames:
+            full = Path(dirpath) / name
+            st = full.lstat()
+            path = f"{prefix}{name}"
+            if stat.S_ISLNK(st.st_mode):
+                entries[path] = Entry(path, EntryKind.SYMLINK, "", 0)
+            elif stat.S_ISREG(st.st_mode):
+                kind = EntryKind.EXECUTABLE if st.st_mode & 0o111 else EntryKind.FILE
+                blob_id = str(pygit2.hash(full.read_bytes()))
+                entries[path] = Entry(path, kind, blob_id, st.st_size)
+            else:
+                entries[path] = Entry(path, EntryKind.OTHER, "", 0)
+    return Snapshot(str(root), None, entries)

@@ -1,0 +1,312 @@
+"""The validate stage: Postfix's own tools run on a staged copy of the ``postfix/`` tree.
+
+The repo's files are written into a temporary config directory with every ``${secret:NAME}``
+replaced by a dummy of the same shape (one token, no whitespace), then checked by Postfix itself:
+``postconf -n``, ``-M`` and ``-P`` (every ``warning:`` line is an error), every table the
+configuration names built with ``postmap``/``postalias`` (their warnings on skipped lines are
+errors) and every text table parsed with ``postmap -q``. MySQL lookup files are checked against the
+keys of mysql_table(5). Nothing live is touched. Called by the CLI (``validate``, ``diff``,
+``apply``) and the agent before anything else.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.desired import POSTFIX_DIR, DesiredFile, DesiredState, build_desired
+from reconciler.errors import Problem
+from reconciler.postfix import (
+    INDEXED_TYPES,
+    TEXT_TYPES,
+    TableRef,
+    ToolResult,
+    parse_parameters,
+    postalias,
+    postconf,
+    postmap,
+    supported_table_types,
+    table_refs,
+)
+from reconciler.source import Snapshot
+
+DEFAULT_LIVE_CONFIG_DIR = "/etc/postfix"
+DUMMY_SECRET = "Dummy-Secret-0"  # noqa: S105 - a placeholder value for staging, not a credential
+_SECRET_REF = re.compile(rb"\$\{secret:[^}]*\}")
+# "file /x/master.cf: line 12: ..." and "/x/canonical, line 3: ..." and "cidr map /x/a.cidr, line 2: ..."
+_LINE_REF = re.compile(r"(?P<path>/[^\s,:]+)(?::|,) line (?P<line>\d+):? ?")
+_FILE_REF = re.compile(r"(?P<path>/[^\s,:]+): ")
+_UNUSED = re.compile(r"unused parameter: (?P<name>[\w]+)=")
+_UNDEFINED = re.compile(r"undefined parameter: (?P<name>[\w]+)")
+
+MYSQL_KEYS = frozenset(
+    {
+        "hosts", "user", "password", "dbname", "query", "result_format", "domain", "expansion_limit",
+        "option_file", "option_group", "require_result_set", "tls_cert_file", "tls_key_file",
+        "tls_CAfile", "tls_CApath", "tls_verify_cert", "tls_ciphers", "idle_interval",
+        "retry_interval", "table", "select_field", "where_field", "additional_conditions",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table the configuration names whose source is a repo file (in-memory)."""
+
+    name: str  # file name inside postfix/
+    type: str  # hash, btree, cidr, ...
+    builder: str  # "postmap", "postalias", or "" for tables Postfix reads as text
+    parameters: tuple[str, ...]
+
+
+def validate_snapshot(
+    snapshot: Snapshot, live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR
+) -> tuple[DesiredState, list[Problem]]:
+    """Every check of a revision; returns the desired state and all problems (sorted)."""
+    desired, problems = build_desired(snapshot)
+    if all(name in desired.files for name in ("main.cf", "master.cf")):
+        _, stage_problems = check_postfix_tree(desired.files, live_config_dir)
+        problems.extend(stage_problems)
+    return desired, sorted(set(problems), key=lambda p: (p.path, p.line or 0, p.message))
+
+
+def stage_files(files: Mapping[str, DesiredFile], stage: Path, secrets: Mapping[str, bytes] | None) -> None:
+    """Write the files into ``stage``, secrets substituted (dummies when ``secrets`` is None)."""
+    for name, f in files.items():
+        data = f.template
+        if f.secrets:
+            data = _SECRET_REF.sub(
+                lambda m: _secret_value(m.group(0), secrets),
+                data,
+            )
+        (stage / name).write_bytes(data)
+
+
+def _secret_value(ref: bytes, secrets: Mapping[str, bytes] | None) -> bytes:
+    name = ref[len(b"${secret:") : -1].decode()
+    if secrets is None:
+        return DUMMY_SECRET.encode()
+    return secrets[name]
+
+
+def check_postfix_tree(
+    files: Mapping[str, DesiredFile], live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR
+) -> tuple[list[TableSpec], list[Problem]]:
+    """Stage the files with dummy secrets and run Postfix's checks; returns tables and problems."""
+    with tempfile.TemporaryDirectory(prefix="reconciler-stage-") as tmp:
+        stage = Path(tmp)
+        stage_files(files, stage, None)
+        return _check_stage(stage, files, live_config_dir)
+
+
+def _check_stage(
+    stage: Path, files: Mapping[str, DesiredFile], live_config_dir: str
+) -> tuple[list[TableSpec], list[Problem]]:
+    mapper = _LineMapper(stage, files)
+    problems: list[Problem] = []
+    results: dict[str, ToolResult] = {}
+    for flag in ("-n", "-M", "-P"):
+        results[flag] = postconf(stage, flag, "-x")
+        problems.extend(mapper.problems(results[flag]))
+    if any(r.returncode != 0 for r in results.values()):
+        return [], problems
+    params = parse_parameters(results["-n"].stdout)
+    service_params = parse_parameters(results["-P"].stdout)
+    tables, missing = discover_tables(stage, files, params, service_params, live_config_dir)
+    for ref in missing:
+        file = "master.cf" if "/" in ref.parameter else "main.cf"
+        problems.append(
+            Problem(
+                POSTFIX_DIR + file,
+                mapper.parameter_line(ref.parameter.rsplit("/", 1)[-1], file),
+                f"{ref.parameter} names {ref.type}:{ref.path}, but postfix/{Path(ref.path).name} is not in the repo",
+            )
+        )
+    supported = supported_table_types(stage)
+    for spec in tables:
+        if spec.type not in supported:
+            problems.append(
+                Problem(
+                    POSTFIX_DIR + "main.cf",
+                    mapper.parameter_line(spec.parameters[0]),
+                    f"table type {spec.type}: is not supported by this Postfix (postconf -m); "
+                    f"install Debian's postfix-{spec.type} package",
+                )
+            )
+            continue
+        problems.extend(mapper.problems(check_table(stage, spec)))
+    for name in sorted(files):
+        if (name.startswith("mysql") and name.endswith(".cf")) or _is_mysql_table(name, params, service_params):
+            problems.extend(mysql_cf_problems(POSTFIX_DIR + name, files[name].template.decode("utf-8")))
+    return tables, problems
+
+
+def _is_mysql_table(name: str, *param_sets: Mapping[str, str]) -> bool:
+    return any(ref.type == "mysql" and Path(ref.path).name == name for ps in param_sets for ref in table_refs(dict(ps)))
+
+
+def discover_tables(
+    stage: Path,
+    files: Mapping[str, DesiredFile],
+    params: Mapping[str, str],
+    service_params: Mapping[str, str],
+    live_config_dir: str,
+) -> tuple[list[TableSpec], list[TableRef]]:
+    """Tables named by main.cf and master.cf in the config directory, and those missing from the repo."""
+    found: dict[tuple[str, str], set[str]] = {}
+    missing: list[TableRef] = []
+    alias_params = {"alias_maps", "alias_database"}
+    builders: dict[tuple[str, str], str] = {}
+    dirs = {str(stage), live_config_dir.rstrip("/")}
+    for ref in [*table_refs(dict(params)), *table_refs(dict(service_params))]:
+        parent, name = str(Path(ref.path).parent), Path(ref.path).name
+        if parent not in dirs:
+            continue
+        base_param = ref.parameter.rsplit("/", 1)[-1]
+        if ref.type not in INDEXED_TYPES | TEXT_TYPES:
+            continue
+        if name not in files:
+            missing.append(ref)
+            continue
+        key = (name, ref.type)
+        found.setdefault(key, set()).add(ref.parameter)
+        if ref.type in INDEXED_TYPES:
+            builder = "postalias" if base_param in alias_params else "postmap"
+            if builders.get(key) == "postalias":
+                builder = "postalias"
+            builders[key] = builder
+    specs = [
+        TableSpec(name, typ, builders.get((name, typ), ""), tuple(sorted(found[(name, typ)])))
+        for name, typ in sorted(found)
+    ]
+    return specs, missing
+
+
+def check_table(stage: Path, spec: TableSpec) -> ToolResult:
+    """Build an indexed table in the stage, or parse a text table with a probe lookup."""
+    target = f"{spec.type}:{stage / spec.name}"
+    if spec.builder == "postalias":
+        return postalias(stage, target)
+    if spec.builder == "postmap":
+        return postmap(stage, target)
+    probe = "192.0.2.1" if spec.type == "cidr" else "probe@example.invalid"
+    res = postmap(stage, "-q", probe, target)
+    # postmap -q exits 1 for "not found"; only its diagnostics matter here.
+    return ToolResult(res.argv, 0 if res.returncode in (0, 1) else res.returncode, res.stdout, res.stderr)
+
+
+def mysql_cf_problems(path: str, text: str) -> list[Problem]:
+    """Check a mysql_table(5) file: known keys only, hosts/dbname/user/query present and non-empty."""
+    problems: list[Problem] = []
+    seen: dict[str, tuple[int, str]] = {}
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if raw[:1].isspace():
+            continue  # continuation of the previous value, as in main.cf
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep:
+            problems.append(Problem(path, number, "expected 'name = value'"))
+            continue
+        if key not in MYSQL_KEYS:
+            problems.append(Problem(path, number, f"unknown mysql_table(5) parameter {key!r}"))
+        if key in seen:
+            problems.append(Problem(path, number, f"{key} is set twice (first at line {seen[key][0]})"))
+        seen[key] = (number, value.strip())
+    for key in ("hosts", "user", "dbname"):
+        if key not in seen:
+            problems.append(Problem(path, None, f"{key} is not set"))
+        elif not seen[key][1]:
+            problems.append(Problem(path, seen[key][0], f"{key} is empty"))
+    if "query" not in seen and "table" not in seen:
+        problems.append(Problem(path, None, "query is not set"))
+    if "hosts" in seen:
+        for host in seen["hosts"][1].replace(",", " ").split():
+            if host.startswith("unix:") or (host.startswith("/") and not host.startswith("inet:")):
+                problems.append(
+                    Problem(
+                        path,
+                        seen["hosts"][0],
+                        f"hosts {host}: Postfix daemons run chrooted and cannot reach a socket path; "
+                        "use inet:HOST:PORT",
+                    )
+                )
+    return problems
+
+
+class _LineMapper:
+    """Turns Postfix diagnostics about staged paths into ``postfix/NAME[:line]`` problems."""
+
+    def __init__(self, stage: Path, files: Mapping[str, DesiredFile]) -> None:
+        self._stage = str(stage)
+        self._files = files
+        self._lines: dict[str, list[str]] = {}
+
+    def _text_lines(self, name: str) -> list[str]:
+        if name not in self._lines:
+            f = self._files.get(name)
+            self._lines[name] = f.template.decode("utf-8").split("\n") if f else []
+        return self._lines[name]
+
+    def parameter_line(self, name: str, file: str = "main.cf") -> int | None:
+        pattern = re.compile(rf"^\s*{re.escape(name)}\s*=") if file == "main.cf" else None
+        for number, line in enumerate(self._text_lines(file), start=1):
+            if pattern is not None and pattern.match(line):
+                return number
+            if pattern is None and re.search(rf"(^|\s|-o\s*){re.escape(name)}=", line):
+                return number
+        return None
+
+    def _reference_line(self, name: str, file: str) -> int | None:
+        pat = re.compile(rf"\$(?:{re.escape(name)}\b|\{{{re.escape(name)}\}}|\({re.escape(name)}\))")
+        for number, line in enumerate(self._text_lines(file), start=1):
+            if not line.lstrip().startswith("#") and pat.search(line):
+                return number
+        return None
+
+    def _rel(self, path: str) -> str | None:
+        if path.startswith(self._stage + "/"):
+            return path[len(self._stage) + 1 :]
+        return None
+
+    def problems(self, result: ToolResult) -> Iterable[Problem]:
+        for diag in result.diagnostics:
+            text = diag.text
+            m = _LINE_REF.search(text)
+            if m and self._rel(m["path"]) is not None:
+                name = self._rel(m["path"]) or ""
+                message = (text[: m.start()] + text[m.end() :]).strip().removeprefix("file ").strip()
+                if diag.level == "warning" and "skipping" not in message and "ignoring" not in message:
+                    message = f"{message} (Postfix skips or misreads this line)"
+                yield Problem(POSTFIX_DIR + name, int(m["line"]), message or text)
+                continue
+            f = _FILE_REF.search(text)
+            rel = self._rel(f["path"]) if f else None
+            if f and rel is not None:
+                name = rel
+                message = text[f.end() :].strip()
+                line = None
+                if (u := _UNUSED.search(message)) is not None:
+                    line = self.parameter_line(u["name"], name)
+                    message = f"unused parameter {u['name']}: Postfix ignores it (misspelled or obsolete?)"
+                elif (d := _UNDEFINED.search(message)) is not None:
+                    line = self._reference_line(d["name"], name)
+                    message = f"${d['name']} is used but never defined"
+                yield Problem(POSTFIX_DIR + name, line, message)
+                continue
+            yield Problem(
+                POSTFIX_DIR + "main.cf", None, f"{diag.level}: {text.replace(self._stage, '$config_directory')}"
+            )
+
+
+def validate_repo(repo: Path, rev: str | None, live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR) -> list[Problem]:
+    """Convenience for the CLI: open, parse and check one revision."""
+    from reconciler.source import open_snapshot
+
+    _, problems = validate_snapshot(open_snapshot(repo, rev), live_config_dir)
+    return problems
