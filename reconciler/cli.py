@@ -66,7 +66,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     repo = Path(args.repo)
     rev = args.rev if args.rev or not _is_bare(repo) else "HEAD"
     snapshot = open_snapshot(repo, rev)
-    _, problems = validate_snapshot(snapshot, live_dir)
+    problems = validate_snapshot(snapshot, live_dir).problems
     for problem in problems:
         print(problem)
     what = snapshot.revision or str(repo)
@@ -74,6 +74,61 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{what}: {len(problems)} problem(s)", file=sys.stderr)
         return EXIT_FAIL
     print(f"{what}: valid", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Dry run: print what ``apply`` would change; exit 0 in sync, 1 changes pending."""
+    from reconciler.engine import diff
+    from reconciler.errors import InvalidRevision
+    from reconciler.render import plan_json, plan_text
+
+    cfg = read_config(args.config)
+    try:
+        planned = diff(cfg, args.rev)
+    except InvalidRevision as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"reconciler: revision is invalid: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return EXIT_ERROR
+    if args.format == "json":
+        sys.stdout.write(plan_json(planned.plan))
+    else:
+        sys.stdout.write(plan_text(planned.plan, colour=sys.stdout.isatty()))
+    return EXIT_OK if planned.plan.empty else EXIT_FAIL
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """One transactional reconcile; exit 0 applied or nothing to do, 1 rejected or rolled back."""
+    from reconciler.apply import ApplyFailed
+    from reconciler.engine import apply
+    from reconciler.errors import InvalidRevision, PermanentError
+
+    cfg = read_config(args.config)
+    try:
+        planned, result = apply(cfg, args.rev, retry_failed=args.rev is not None)
+    except InvalidRevision as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"reconciler: revision rejected: {len(exc.problems)} problem(s); nothing changed", file=sys.stderr)
+        return EXIT_FAIL
+    except ApplyFailed as exc:
+        state = "rolled back" if exc.rolled_back else "ROLLBACK INCOMPLETE, check the host"
+        print(f"reconciler: apply failed at step {exc.step.value}: {exc.detail}; {state}", file=sys.stderr)
+        return EXIT_FAIL
+    except PermanentError as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    rev = (planned.snapshot.revision or "")[:12]
+    if not result.changed:
+        print(f"revision {rev}: in sync, nothing to do")
+    else:
+        print(
+            f"revision {rev}: applied {result.files} file(s), {result.tables} table(s), {result.rows} row(s); "
+            f"postfix {result.service} ({result.duration:.2f} s)"
+        )
+        for warning in result.warnings:
+            print(f"postfix check: warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -103,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=".", help="repository, work tree or plain folder (default: .)")
     p.add_argument("--rev", help="git revision to read from the object database (default: the files as they are)")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("diff", help="dry run: show what apply would change")
+    p.add_argument("--rev", help="revision (default: the configured branch head)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("apply", help="reconcile to a revision, transactionally")
+    p.add_argument("--rev", help="revision (default: the configured branch head); an explicit revision is retried")
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("init-db", help="create or upgrade the MySQL tables")
     p.set_defaults(func=cmd_init_db)

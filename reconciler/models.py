@@ -29,12 +29,10 @@ _PLAINTEXT_SCHEMES = frozenset({"PLAIN", "CLEARTEXT", "PLAIN-TRUNC", "CRAM-MD5",
 def control_char_problem(value: str) -> str | None:
     """Why ``value`` cannot go into a table or row (a control character or whitespace), else None."""
     for ch in value:
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+        if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or ch in "\u2028\u2029\ufeff":
             return f"contains control character {ch!r}"
         if ch.isspace():
             return "contains whitespace"
-        if 0x80 <= ord(ch) <= 0x9F or ch in "\u2028\u2029\ufeff":
-            return f"contains control character {ch!r}"
     return None
 
 

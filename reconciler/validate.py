@@ -62,15 +62,24 @@ class TableSpec:
     parameters: tuple[str, ...]
 
 
-def validate_snapshot(
-    snapshot: Snapshot, live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR
-) -> tuple[DesiredState, list[Problem]]:
-    """Every check of a revision; returns the desired state and all problems (sorted)."""
+@dataclass(frozen=True)
+class Validated:
+    """A revision after every check (in-memory result): its state, its tables and its problems."""
+
+    desired: DesiredState
+    tables: tuple[TableSpec, ...]
+    problems: tuple[Problem, ...]
+
+
+def validate_snapshot(snapshot: Snapshot, live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR) -> Validated:
+    """Every check of a revision; problems sorted by file and line."""
     desired, problems = build_desired(snapshot)
+    tables: list[TableSpec] = []
     if all(name in desired.files for name in ("main.cf", "master.cf")):
-        _, stage_problems = check_postfix_tree(desired.files, live_config_dir)
+        tables, stage_problems = check_postfix_tree(desired.files, live_config_dir)
         problems.extend(stage_problems)
-    return desired, sorted(set(problems), key=lambda p: (p.path, p.line or 0, p.message))
+    ordered = sorted(set(problems), key=lambda p: (p.path, p.line or 0, p.message))
+    return Validated(desired, tuple(tables), tuple(ordered))
 
 
 def stage_files(files: Mapping[str, DesiredFile], stage: Path, secrets: Mapping[str, bytes] | None) -> None:
@@ -302,11 +311,3 @@ class _LineMapper:
             yield Problem(
                 POSTFIX_DIR + "main.cf", None, f"{diag.level}: {text.replace(self._stage, '$config_directory')}"
             )
-
-
-def validate_repo(repo: Path, rev: str | None, live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR) -> list[Problem]:
-    """Convenience for the CLI: open, parse and check one revision."""
-    from reconciler.source import open_snapshot
-
-    _, problems = validate_snapshot(open_snapshot(repo, rev), live_config_dir)
-    return problems

@@ -1,0 +1,555 @@
+"""The apply stage: executes a Plan transactionally across files, built tables and MySQL rows.
+
+Order (every step named in the journal and in errors):
+  prepare   new files and tables are written beside the live ones (``.NAME.reconciler-new``),
+            built with postmap/postalias there, and the live ones hard-linked to
+            ``.NAME.reconciler-bak`` (same directory, same permissions: a secret never leaves it);
+  journal   the write-ahead journal naming every file is fsynced into the state dir;
+  rows      one InnoDB transaction under a MySQL named lock applies every row change and records
+            the apply id, but is not committed yet;
+  swap      new files are renamed into place;
+  check     ``postfix check`` on the swapped-in configuration;
+  service   reload or restart as the plan says (nothing when Postfix is stopped);
+  health    master alive and every inet listener greeting 220;
+  commit    the row transaction commits: the commit point. Files and rows switch together;
+  finish    backups removed, inventory written, journal removed.
+Any failure before ``commit`` rolls the rows back, renames the backups back and reloads (or, after
+a failed health check, restarts) Postfix on the old configuration. After a crash, ``recover``
+finishes or undoes the journalled apply, deciding by whether the apply id reached the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import grp
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pymysql.err
+import structlog
+
+from reconciler.errors import ReconcilerError, TemporaryError
+from reconciler.plan import Action, Plan
+from reconciler.postfix import postalias, postfix_cmd, postmap
+from reconciler.state import Inventory, StateDir, atomic_write, fsync_dir
+from reconciler.verify import check_health
+
+log = structlog.get_logger("reconciler.apply")
+
+NEW = ".reconciler-new"
+BAK = ".reconciler-bak"
+LOCK_NAME_PREFIX = "reconciler:"
+FAULT_ENV = "RECONCILER_TEST_FAIL_AT"  # test-only: name of a step that must fail
+
+
+class Step(StrEnum):
+    """The steps of an apply, in order."""
+
+    PREPARE = "prepare"
+    BUILD = "build"
+    JOURNAL = "journal"
+    ROWS = "rows"
+    SWAP = "swap"
+    CHECK = "check"
+    SERVICE = "service"
+    HEALTH = "health"
+    COMMIT = "commit"
+    FINISH = "finish"
+
+
+class ApplyFailed(ReconcilerError):
+    """A step failed; everything was rolled back (``rolled_back``) or could not be (see message)."""
+
+    def __init__(self, step: Step, message: str, *, rolled_back: bool = True, temporary: bool = False) -> None:
+        super().__init__(f"{step.value}: {message}")
+        self.step = step
+        self.detail = message
+        self.rolled_back = rolled_back
+        self.temporary = temporary  # the cause was outside the revision (database down, lock held)
+
+
+class InjectedFault(Exception):
+    """Raised by the test-only fault hook."""
+
+
+def _fault(step: Step, index: int = 0) -> None:
+    wanted = os.environ.get(FAULT_ENV)
+    if wanted and wanted in (step.value, f"{step.value}:{index}"):
+        raise InjectedFault(f"injected fault at {wanted}")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What an apply did (in-memory result)."""
+
+    changed: bool
+    files: int = 0
+    tables: int = 0
+    rows: int = 0
+    service: str = "none"
+    warnings: tuple[str, ...] = ()
+    duration: float = 0.0
+
+
+@dataclass
+class _Op:
+    """One rename-able item of the journal: a live path, its new temp and its backup."""
+
+    live: str
+    new: str | None  # None: the live file is deleted
+    backup: str | None  # None: the live file did not exist
+    done: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"live": self.live, "new": self.new, "backup": self.backup}
+
+
+@dataclass
+class _Journal:
+    apply_id: str
+    revision: str | None
+    config_dir: str
+    phase: str
+    ops: list[_Op] = field(default_factory=list)
+    postfix_running: bool = False
+    inventory: dict[str, Any] = field(default_factory=dict)  # the Inventory to write once committed
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "apply_id": self.apply_id,
+                "revision": self.revision,
+                "config_dir": self.config_dir,
+                "phase": self.phase,
+                "postfix_running": self.postfix_running,
+                "inventory": self.inventory,
+                "ops": [o.to_json() for o in self.ops],
+            },
+            indent=1,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> _Journal:
+        d = json.loads(data)
+        ops = [_Op(o["live"], o["new"], o["backup"]) for o in d["ops"]]
+        return cls(d["apply_id"], d["revision"], d["config_dir"], d["phase"], ops, d["postfix_running"], d["inventory"])
+
+
+@contextlib.contextmanager
+def host_lock(state: StateDir, timeout: float = 600.0) -> Iterator[None]:
+    """One apply at a time per host: an exclusive flock on the state dir's lock file."""
+    state.ensure()
+    fd = os.open(state.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TemporaryError("another apply holds the host lock") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _chgrp(path: Path, group: str, mode: int) -> None:
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        gid = 0
+    os.chown(path, 0 if os.geteuid() == 0 else -1, gid if os.geteuid() == 0 else -1)
+    os.chmod(path, mode)
+
+
+def _write_new(path: Path, content: bytes, mode: int, group: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _chgrp(path, group, mode)
+
+
+def _link_backup(live: Path) -> str | None:
+    if not live.exists():
+        return None
+    backup = live.with_name(f".{live.name}{BAK}")
+    with contextlib.suppress(FileNotFoundError):
+        backup.unlink()
+    os.link(live, backup)
+    return str(backup)
+
+
+class Applier:
+    """Executes one Plan against the live host; see the module docstring for the steps."""
+
+    def __init__(self, config_dir: Path, state: StateDir, conn: Any, health_timeout: float = 10.0) -> None:
+        self.config_dir = config_dir
+        self.state = state
+        self.conn = conn
+        self.health_timeout = health_timeout
+
+    def apply(self, plan: Plan, *, postfix_running: bool) -> ApplyResult:
+        started = time.monotonic()
+        inventory = Inventory(
+            plan.revision, plan.managed_files, tuple((t.name, t.type, t.builder) for t in plan.managed_tables)
+        )
+        journal = _Journal(
+            uuid.uuid4().hex, plan.revision, str(self.config_dir), "prepare", [], postfix_running, inventory.to_json()
+        )
+        step = Step.PREPARE
+        warnings: list[str] = []
+        txn_open = False
+        try:
+            step = Step.PREPARE
+            _fault(step)
+            self._prepare(plan, journal)
+            step = Step.BUILD
+            _fault(step)
+            warnings += self._build(plan, journal)
+            step = Step.JOURNAL
+            _fault(step)
+            journal.phase = "prepared"
+            atomic_write(self.state.journal_path, journal.to_json())
+            step = Step.ROWS
+            txn_open = True
+            self._rows(plan, journal.apply_id)
+            _fault(step)
+            step = Step.SWAP
+            journal.phase = "swapping"
+            atomic_write(self.state.journal_path, journal.to_json())
+            self._swap(journal)
+            step = Step.CHECK
+            _fault(step)
+            if plan.files or plan.tables:
+                warnings += self._postfix_check()
+            step = Step.SERVICE
+            _fault(step)
+            if postfix_running and plan.service.action is not Action.NONE:
+                self._service(plan.service.action)
+            step = Step.HEALTH
+            _fault(step)
+            if postfix_running and plan.service.action is not Action.NONE:
+                health = check_health(self.config_dir, self.health_timeout)
+                if not health.ok:
+                    raise ApplyFailed(step, health.detail)
+            step = Step.COMMIT
+            _fault(step)
+            self.conn.commit()
+            txn_open = False
+            self._release_lock()
+        except Exception as exc:
+            detail = exc.detail if isinstance(exc, ApplyFailed) else str(exc)
+            log.warning("apply.rollback", step=step.value, error=detail)
+            rolled = self._rollback(journal, step, txn_open, postfix_running)
+            temporary = isinstance(exc, TemporaryError | pymysql.err.OperationalError)
+            raise ApplyFailed(step, detail, rolled_back=rolled, temporary=temporary) from None
+        # Past the commit point: only clean-up remains, and recovery would redo it.
+        self._finish(plan, journal)
+        return ApplyResult(
+            changed=True,
+            files=len(plan.files),
+            tables=len(plan.tables),
+            rows=len(plan.rows),
+            service=plan.service.action.value if postfix_running else "none",
+            warnings=tuple(warnings),
+            duration=time.monotonic() - started,
+        )
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def _prepare(self, plan: Plan, journal: _Journal) -> None:
+        for change in plan.files:
+            live = self.config_dir / change.name
+            if change.action is Action.DELETE:
+                journal.ops.append(_Op(str(live), None, _link_backup(live)))
+                continue
+            new = live.with_name(f".{change.name}{NEW}")
+            assert change.content is not None  # noqa: S101 - create/update always carry content
+            _write_new(new, change.content, change.mode, change.group)
+            journal.ops.append(_Op(str(live), str(new), _link_backup(live)))
+        for table_change in plan.tables:
+            if table_change.action is Action.DELETE:
+                for suffix in table_change.table.built_suffixes:
+                    live = self.config_dir / f"{table_change.table.name}{suffix}"
+                    if live.exists():
+                        journal.ops.append(_Op(str(live), None, _link_backup(live)))
+
+    def _build(self, plan: Plan, journal: _Journal) -> list[str]:
+        warnings: list[str] = []
+        files = {c.name: c for c in plan.files}
+        for change in plan.tables:
+            if change.action is not Action.REBUILD:
+                continue
+            table = change.table
+            source_change = files.get(table.name)
+            tmp_source = self.config_dir / f".{table.name}{NEW}"
+            mode, group = 0o644, "root"
+            if source_change is None:
+                # Stale or missing built table: rebuild from the live source, beside the live table.
+                live_source = self.config_dir / table.name
+                content = live_source.read_bytes()
+                st = live_source.stat()
+                mode, group = st.st_mode & 0o777, _group_of(st.st_gid)
+                tmp_source = self.config_dir / f".{table.name}.reconciler-src"
+                _write_new(tmp_source, content, mode, group)
+            else:
+                mode, group = source_change.mode, source_change.group
+            res = (postalias if table.builder == "postalias" else postmap)(
+                self.config_dir, f"{table.type}:{tmp_source}"
+            )
+            diags = [d.text for d in res.diagnostics]
+            if res.returncode != 0 or diags:
+                raise ApplyFailed(Step.BUILD, f"{table.builder} {table.name}: " + "; ".join(diags or ["failed"]))
+            for suffix in table.built_suffixes:
+                built = Path(f"{tmp_source}{suffix}")
+                _chgrp(built, group, mode)
+                live = self.config_dir / f"{table.name}{suffix}"
+                journal.ops.append(_Op(str(live), str(built), _link_backup(live)))
+            if source_change is None:
+                tmp_source.unlink()
+        return warnings
+
+    def _rows(self, plan: Plan, apply_id: str) -> None:
+        changes = plan.rows
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME_PREFIX + "rows", 30))
+            got = cur.fetchone()
+            if not got or got[0] != 1:
+                raise TemporaryError("another host holds the reconciler's MySQL lock")
+            self.conn.begin()
+            domain_ids: dict[str, int] = {}
+
+            def domain_id(name: str) -> int:
+                if name not in domain_ids:
+                    cur.execute("SELECT id FROM virtual_domains WHERE name = %s", (name,))
+                    row = cur.fetchone()
+                    if row is None:
+                        raise ApplyFailed(Step.ROWS, f"domain {name} vanished during the apply")
+                    domain_ids[name] = int(row[0])
+                return domain_ids[name]
+
+            for c in changes:
+                if c.table == "virtual_domains" and c.action is Action.CREATE:
+                    cur.execute("INSERT INTO virtual_domains (name) VALUES (%s)", (c.key,))
+            user_inserts: list[tuple[int, str, str]] = []
+            alias_inserts: list[tuple[int, str, str]] = []
+            for c in changes:
+                if c.table == "virtual_users":
+                    if c.action is Action.DELETE:
+                        cur.execute("DELETE FROM virtual_users WHERE email = %s", (_v(c.before, "email"),))
+                    elif c.action is Action.UPDATE:
+                        cur.execute(
+                            "UPDATE virtual_users SET email = %s, password = %s, domain_id = %s WHERE email = %s",
+                            (_v(c.after, "email"), _v(c.after, "password"), domain_id(c.domain), _v(c.before, "email")),
+                        )
+                    else:
+                        user_inserts.append((domain_id(c.domain), _v(c.after, "email"), _v(c.after, "password")))
+                elif c.table == "virtual_aliases":
+                    if c.action is Action.DELETE:
+                        cur.execute(
+                            "DELETE FROM virtual_aliases WHERE source = %s AND destination = %s",
+                            (_v(c.before, "source"), _v(c.before, "destination")),
+                        )
+                    elif c.action is Action.UPDATE:
+                        cur.execute(
+                            "UPDATE virtual_aliases SET source = %s, destination = %s "
+                            "WHERE source = %s AND destination = %s",
+                            (
+                                _v(c.after, "source"),
+                                _v(c.after, "destination"),
+                                _v(c.before, "source"),
+                                _v(c.before, "destination"),
+                            ),
+                        )
+                    else:
+                        alias_inserts.append((domain_id(c.domain), _v(c.after, "source"), _v(c.after, "destination")))
+            for start in range(0, len(user_inserts), 5000):
+                cur.executemany(
+                    "INSERT INTO virtual_users (domain_id, email, password) VALUES (%s, %s, %s)",
+                    user_inserts[start : start + 5000],
+                )
+            for start in range(0, len(alias_inserts), 5000):
+                cur.executemany(
+                    "INSERT INTO virtual_aliases (domain_id, source, destination) VALUES (%s, %s, %s)",
+                    alias_inserts[start : start + 5000],
+                )
+            for c in changes:
+                if c.table == "virtual_domains" and c.action is Action.DELETE:
+                    cur.execute("DELETE FROM virtual_domains WHERE name = %s", (c.key,))
+            for name, value in (("applied_revision", plan.revision or ""), ("last_apply_id", apply_id)):
+                cur.execute(
+                    "INSERT INTO reconciler_state (name, value) VALUES (%s, %s) "
+                    "ON DUPLICATE KEY UPDATE value = VALUES(value)",
+                    (name, value),
+                )
+
+    def _swap(self, journal: _Journal) -> None:
+        for index, op in enumerate(journal.ops):
+            _fault(Step.SWAP, index)
+            if op.new is not None:
+                os.replace(op.new, op.live)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(op.live)
+            op.done = True
+        fsync_dir(self.config_dir)
+
+    def _postfix_check(self) -> list[str]:
+        res = postfix_cmd(self.config_dir, "check", timeout=120)
+        diags = res.diagnostics
+        fatal = [d.text for d in diags if d.level in ("fatal", "panic", "error")]
+        if res.returncode != 0 or fatal:
+            raise ApplyFailed(Step.CHECK, "; ".join(fatal or [f"postfix check exited {res.returncode}"]))
+        return [d.text for d in diags if d.level == "warning"]
+
+    def _service(self, action: Action) -> None:
+        if action is Action.RESTART:
+            postfix_cmd(self.config_dir, "stop", timeout=60)
+            res = postfix_cmd(self.config_dir, "start", timeout=60)
+        else:
+            res = postfix_cmd(self.config_dir, "reload", timeout=60)
+        if res.returncode != 0:
+            detail = "; ".join(d.text for d in res.diagnostics) or f"exit {res.returncode}"
+            raise ApplyFailed(Step.SERVICE, f"postfix {action.value}: {detail}")
+
+    def _release_lock(self) -> None:
+        with contextlib.suppress(Exception), self.conn.cursor() as cur:
+            cur.execute("SELECT RELEASE_LOCK(%s)", (LOCK_NAME_PREFIX + "rows",))
+
+    def _finish(self, plan: Plan, journal: _Journal) -> None:
+        journal.phase = "committed"
+        atomic_write(self.state.journal_path, journal.to_json())
+        _fault(Step.FINISH)
+        finish_committed(journal)
+        self.state.write_inventory(Inventory.from_json(journal.inventory))
+        self.state.journal_path.unlink()
+        fsync_dir(self.state.path)
+
+    def _rollback(self, journal: _Journal, step: Step, txn_open: bool, postfix_running: bool) -> bool:
+        if txn_open:
+            with contextlib.suppress(Exception):
+                self.conn.rollback()
+            self._release_lock()
+        undo_files(journal)
+        ok = True
+        if postfix_running and step in (Step.SWAP, Step.CHECK, Step.SERVICE, Step.HEALTH, Step.COMMIT):
+            # A failed health check may have left the master throttling a service for 60 s, which a
+            # reload does not clear: stop and start instead.
+            restart = step in (Step.HEALTH, Step.SERVICE)
+            ok = restore_service(self.config_dir, restart=restart, timeout=self.health_timeout)
+        with contextlib.suppress(FileNotFoundError):
+            self.state.journal_path.unlink()
+        return ok
+
+
+def _v(values: Mapping[str, str] | None, key: str) -> str:
+    if values is None:
+        raise ValueError(f"row change without {key}")
+    return values[key]
+
+
+def _group_of(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return "root"
+
+
+def undo_files(journal: _Journal) -> None:
+    """Put every live path back as it was: backups renamed back, created files removed, temps gone."""
+    for op in reversed(journal.ops):
+        if op.backup is not None and os.path.exists(op.backup):
+            os.replace(op.backup, op.live)
+        elif op.backup is None and op.new is not None and _swapped(op):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(op.live)
+        if op.new is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(op.new)
+    cleanup_temps(Path(journal.config_dir))
+    fsync_dir(Path(journal.config_dir))
+
+
+def _swapped(op: _Op) -> bool:
+    # A created file was swapped in when its temp no longer exists but the live path does.
+    return op.done or (op.new is not None and not os.path.exists(op.new) and os.path.exists(op.live))
+
+
+def finish_committed(journal: _Journal) -> None:
+    """Complete a committed apply: any rename not yet done is done, backups removed."""
+    for op in journal.ops:
+        if op.new is not None and os.path.exists(op.new):
+            os.replace(op.new, op.live)
+        elif op.new is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(op.live)
+        if op.backup is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(op.backup)
+    cleanup_temps(Path(journal.config_dir))
+    fsync_dir(Path(journal.config_dir))
+
+
+def cleanup_temps(config_dir: Path) -> None:
+    """Remove leftovers of an apply that never reached its journal."""
+    for path in config_dir.glob(".*.reconciler-*"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def restore_service(config_dir: Path, *, restart: bool, timeout: float) -> bool:
+    """Bring Postfix back on the (restored) old configuration and confirm it is healthy."""
+    if restart:
+        postfix_cmd(config_dir, "stop", timeout=60)
+        postfix_cmd(config_dir, "start", timeout=60)
+    else:
+        postfix_cmd(config_dir, "reload", timeout=60)
+    health = check_health(config_dir, timeout)
+    if not health.ok:
+        log.error("apply.rollback_unhealthy", detail=health.detail)
+    return health.ok
+
+
+def recover(state: StateDir, conn: Any, health_timeout: float = 10.0) -> str | None:
+    """Finish or undo an interrupted apply; returns what was done, None when there was nothing.
+
+    Call with the host lock held. The apply committed iff its id reached ``reconciler_state``.
+    """
+    try:
+        journal = _Journal.from_json(state.journal_path.read_bytes())
+    except FileNotFoundError:
+        return None
+    config_dir = Path(journal.config_dir)
+    committed = journal.phase == "committed"
+    if not committed and journal.phase == "swapping":
+        with conn.cursor() as cur:
+            cur.execute("SELECT value FROM reconciler_state WHERE name = %s", ("last_apply_id",))
+            row = cur.fetchone()
+        conn.commit()
+        committed = row is not None and row[0] == journal.apply_id
+    if committed:
+        finish_committed(journal)
+        state.write_inventory(Inventory.from_json(journal.inventory))
+        outcome = "finished"
+    else:
+        undo_files(journal)
+        outcome = "undone"
+    if journal.postfix_running and postfix_cmd(config_dir, "status", timeout=30).returncode == 0:
+        restore_service(config_dir, restart=False, timeout=health_timeout)
+    state.journal_path.unlink()
+    fsync_dir(state.path)
+    log.warning("apply.recovered", outcome=outcome, revision=journal.revision)
+    return outcome

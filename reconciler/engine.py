@@ -1,0 +1,124 @@
+"""One reconcile, composed from the stages: source -> validate -> observe -> plan -> apply.
+
+Called by the CLI (``diff``, ``apply``) and the agent. ``diff`` is ``reconcile`` stopped after
+planning: the same code path, with the same validators, so the dry run is faithful. Every entry
+point that reads or writes live state first recovers an interrupted apply from the journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover
+from reconciler.db import connect
+from reconciler.errors import InvalidRevision, PermanentError, SourceError
+from reconciler.models import AgentConfig
+from reconciler.observed import observe
+from reconciler.plan import Observed, Plan, desired_from, domain_rows, plan
+from reconciler.secrets import load_secrets
+from reconciler.source import Snapshot, open_snapshot
+from reconciler.state import StateDir
+from reconciler.validate import validate_snapshot
+
+log = structlog.get_logger("reconciler.engine")
+
+
+class RevisionFailedBefore(PermanentError):
+    """The branch head already failed to apply; it is not retried until the branch moves on."""
+
+
+def local_repo_path(url: str) -> Path:
+    """The filesystem path of a local source URL (a path or file://)."""
+    if url.startswith("file://"):
+        return Path(url[len("file://") :])
+    if "://" in url or url.startswith("git@"):
+        raise SourceError(f"{url}: remote sources are fetched by the agent (reconciler run)")
+    return Path(url)
+
+
+def open_revision(cfg: AgentConfig, rev: str | None) -> Snapshot:
+    """The snapshot of ``rev``, or of the configured branch head."""
+    return open_snapshot(local_repo_path(cfg.source.url), rev or f"refs/heads/{cfg.source.branch}")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A planned reconcile (in-memory result): the plan and what it was computed from."""
+
+    snapshot: Snapshot
+    plan: Plan
+    observed: Observed
+
+
+@contextlib.contextmanager
+def session(cfg: AgentConfig) -> Iterator[tuple[StateDir, Any]]:
+    """Host lock, database connection and crash recovery: the frame of every live-state command."""
+    state = StateDir(cfg.state.dir)
+    conn = connect(cfg.mysql)
+    try:
+        with host_lock(state):
+            recover(state, conn, cfg.postfix.health_timeout)
+            yield state, conn
+    finally:
+        conn.close()
+
+
+def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any) -> Planned:
+    """Validate the revision, observe the host and plan; raises ``InvalidRevision`` on any problem."""
+    started = time.monotonic()
+    validated = validate_snapshot(snapshot, cfg.postfix.config_dir)
+    if validated.problems:
+        raise InvalidRevision(list(validated.problems))
+    names = {n for f in validated.desired.files.values() for n in f.secrets}
+    secrets = load_secrets(cfg.secrets.dir, names)
+    rows = {name: domain_rows(model) for name, model in validated.desired.domains.items()}
+    desired = desired_from(snapshot.revision, validated.desired.files, validated.tables, rows, secrets)
+    observed = observe(Path(cfg.postfix.config_dir), desired, state.read_inventory(), conn, secrets)
+    result = plan(desired, observed)
+    log.info("plan.done", changes=len(result.changes), seconds=round(time.monotonic() - started, 3))
+    return Planned(snapshot, result, observed)
+
+
+def diff(cfg: AgentConfig, rev: str | None) -> Planned:
+    """The dry run: everything ``apply`` does up to the plan, and nothing after."""
+    snapshot = open_revision(cfg, rev)
+    with session(cfg) as (state, conn):
+        planned = make_plan(cfg, snapshot, state, conn)
+        conn.rollback()
+        return planned
+
+
+def apply(cfg: AgentConfig, rev: str | None, *, retry_failed: bool = False) -> tuple[Planned, ApplyResult]:
+    """One transactional reconcile to ``rev`` (default: the branch head)."""
+    snapshot = open_revision(cfg, rev)
+    with session(cfg) as (state, conn):
+        revision = snapshot.revision or ""
+        failed = state.failed_revisions()
+        if revision in failed and not retry_failed:
+            raise RevisionFailedBefore(
+                f"revision {revision[:12]} failed before ({failed[revision]}); "
+                "it is not retried until the branch moves on"
+            )
+        try:
+            planned = make_plan(cfg, snapshot, state, conn)
+        except PermanentError as exc:
+            state.record_failed(revision, str(exc))
+            raise
+        if planned.plan.empty:
+            conn.rollback()
+            return planned, ApplyResult(changed=False)
+        applier = Applier(Path(cfg.postfix.config_dir), state, conn, cfg.postfix.health_timeout)
+        try:
+            result = applier.apply(planned.plan, postfix_running=planned.observed.postfix_running)
+        except ApplyFailed as exc:
+            if not exc.temporary:
+                state.record_failed(revision, str(exc))
+            raise
+        return planned, result

@@ -1,0 +1,155 @@
+"""The observed stage: read-only facts about the live host.
+
+Reads the managed files of the config directory (content, mode, group), which built tables are
+missing or older than their source, the rows of the three tables and whether Postfix runs. Rows
+are compared per domain by digests computed in SQL first, so unchanged domains cost one row of
+a GROUP BY; full rows are streamed (server-side cursor) only for domains that differ. Called by
+``diff``/``apply`` (through the CLI) and the agent; never writes anything.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pymysql.cursors
+
+from reconciler.plan import Desired, DomainRows, LiveFile, Observed, TableDecl
+from reconciler.postfix import postfix_cmd
+from reconciler.state import Inventory
+
+_DIGEST_SQL = """
+SELECT d.name,
+       COALESCE(u.n, 0), COALESCE(u.x, 0),
+       COALESCE(a.n, 0), COALESCE(a.x, 0)
+FROM virtual_domains d
+LEFT JOIN (SELECT domain_id, COUNT(*) AS n,
+                  BIT_XOR(CAST(CONV(LEFT(MD5(CONCAT(email, CHAR(0 USING utf8mb4), password)), 16), 16, 10)
+                          AS UNSIGNED)) AS x
+           FROM virtual_users GROUP BY domain_id) u ON u.domain_id = d.id
+LEFT JOIN (SELECT domain_id, COUNT(*) AS n,
+                  BIT_XOR(CAST(CONV(LEFT(MD5(CONCAT(source, CHAR(0 USING utf8mb4), destination)), 16), 16, 10)
+                          AS UNSIGNED)) AS x
+           FROM virtual_aliases GROUP BY domain_id) a ON a.domain_id = d.id
+"""
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def read_live_file(path: Path) -> LiveFile | None:
+    """A live file's content, mode and group, or None when it does not exist."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return LiveFile(path.read_bytes(), st.st_mode & 0o7777, _group_name(st.st_gid))
+
+
+def built_paths(config_dir: Path, table: TableDecl) -> list[Path]:
+    """The files postmap/postalias make for a table."""
+    return [config_dir / f"{table.name}{suffix}" for suffix in table.built_suffixes]
+
+
+def stale_tables(config_dir: Path, tables: tuple[TableDecl, ...]) -> frozenset[str]:
+    """Tables whose built file is missing or older than the source file."""
+    stale: set[str] = set()
+    for table in tables:
+        try:
+            source = (config_dir / table.name).stat().st_mtime_ns
+        except FileNotFoundError:
+            stale.add(table.name)
+            continue
+        for built in built_paths(config_dir, table):
+            try:
+                if built.stat().st_mtime_ns < source:
+                    stale.add(table.name)
+            except FileNotFoundError:
+                stale.add(table.name)
+    return frozenset(stale)
+
+
+def postfix_running(config_dir: Path) -> bool:
+    """``postfix -c DIR status`` exits 0 only while the master runs."""
+    return postfix_cmd(config_dir, "status", timeout=30).returncode == 0
+
+
+def domain_digests(conn: Any) -> dict[str, tuple[int, int, int, int]]:
+    """Per-domain (user count, digest, alias count, digest), computed by the server."""
+    with conn.cursor() as cur:
+        cur.execute(_DIGEST_SQL)
+        return {str(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in cur.fetchall()}
+
+
+def domain_rows(conn: Any, names: list[str]) -> dict[str, DomainRows]:
+    """Full rows of the named domains, streamed with a server-side cursor."""
+    out: dict[str, tuple[dict[str, tuple[str, str]], dict[tuple[str, str], tuple[str, str]]]] = {
+        n: ({}, {}) for n in names
+    }
+    if not names:
+        return {}
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        marks = ", ".join(["%s"] * len(chunk))  # placeholders only; values are bound by the driver
+        with conn.cursor(pymysql.cursors.SSCursor) as cur:
+            cur.execute(
+                "SELECT d.name, u.email, u.password FROM virtual_users u "  # noqa: S608 - placeholders only
+                f"JOIN virtual_domains d ON d.id = u.domain_id WHERE d.name IN ({marks})",
+                chunk,
+            )
+            for name, email, password in cur:
+                out[name][0][email.casefold()] = (email, password)
+        with conn.cursor(pymysql.cursors.SSCursor) as cur:
+            cur.execute(
+                "SELECT d.name, a.source, a.destination FROM virtual_aliases a "  # noqa: S608 - placeholders only
+                f"JOIN virtual_domains d ON d.id = a.domain_id WHERE d.name IN ({marks})",
+                chunk,
+            )
+            for name, source, destination in cur:
+                out[name][1][(source.casefold(), destination.casefold())] = (source, destination)
+    return {n: DomainRows(u, a) for n, (u, a) in out.items()}
+
+
+def observe(
+    config_dir: Path,
+    desired: Desired,
+    inventory: Inventory,
+    conn: Any,
+    secrets: Mapping[str, bytes],
+) -> Observed:
+    """Everything ``plan`` needs of the live host; reads only."""
+    names = set(desired.files) | set(inventory.files)
+    files = {}
+    for name in names:
+        live = read_live_file(config_dir / name)
+        if live is not None:
+            files[name] = live
+    digests = domain_digests(conn)
+    # Match digests case-insensitively on the domain name, as the UNIQUE key does.
+    live_by_key = {name: d for name, d in digests.items()}
+    unchanged = frozenset(
+        n for n, rows in desired.domains.items() if n in live_by_key and live_by_key[n] == rows.digest()
+    )
+    differing = sorted(set(digests) - unchanged)
+    return Observed(
+        files=files,
+        managed_files=frozenset(inventory.files),
+        managed_tables=tuple(TableDecl(*t) for t in inventory.tables),
+        stale_tables=stale_tables(config_dir, desired.tables),
+        domains=domain_rows(conn, differing),
+        unchanged_domains=unchanged,
+        postfix_running=postfix_running(config_dir),
+        secrets=secrets,
+    )
+
+
+def managed_table_paths(config_dir: Path, tables: tuple[TableDecl, ...]) -> list[Path]:
+    """Every built file of the given tables that exists."""
+    return [p for t in tables for p in built_paths(config_dir, t) if os.path.exists(p)]

@@ -1,0 +1,498 @@
+"""The plan stage: a pure function from desired and observed state to an ordered, typed Plan.
+
+``plan(desired, observed)`` does no I/O. The Plan is a frozen tuple of changes (files, built
+tables, rows, then the service action) that ``diff`` renders as text or JSON and ``apply``
+executes as is: nothing is recomputed between showing and doing. Secret values travel inside
+``FileChange.content`` (needed to write the file) but never into a rendering: file diffs are made
+on templates, and a rotated secret shows as "secret NAME changed".
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from reconciler.cfparse import diff_parameters, parse_main_cf, parse_master_cf
+
+RESTART_PARAMETERS = ("inet_interfaces", "inet_protocols")
+MASK = "********"
+
+
+class Kind(StrEnum):
+    """What a change touches."""
+
+    FILE = "file"
+    TABLE = "table"
+    ROW = "row"
+    SERVICE = "service"
+
+
+class Action(StrEnum):
+    """What a change does."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    REBUILD = "rebuild"
+    RELOAD = "reload"
+    RESTART = "restart"
+    NONE = "none"
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A managed file as it must be live: rendered content (secrets substituted), mode, group."""
+
+    name: str
+    template: bytes
+    content: bytes = field(repr=False)
+    secrets: frozenset[str] = frozenset()
+    mode: int = 0o644
+    group: str = "root"
+
+
+@dataclass(frozen=True)
+class LiveFile:
+    """A file as found in the config directory."""
+
+    content: bytes = field(repr=False)
+    mode: int
+    group: str
+
+
+@dataclass(frozen=True)
+class TableDecl:
+    """A built table: its source file, Postfix type and builder (postmap or postalias)."""
+
+    name: str
+    type: str
+    builder: str
+
+    @property
+    def built_suffixes(self) -> tuple[str, ...]:
+        """Suffixes of the files postmap/postalias create beside the source."""
+        return {"hash": (".db",), "btree": (".db",), "lmdb": (".lmdb",), "cdb": (".cdb",)}.get(
+            self.type, (".dir", ".pag")
+        )
+
+
+@dataclass(frozen=True)
+class DomainRows:
+    """The rows of one domain: mailboxes by lower-cased address, aliases by lower-cased pair."""
+
+    users: Mapping[str, tuple[str, str]]  # key -> (email, password)
+    aliases: Mapping[tuple[str, str], tuple[str, str]]  # key -> (source, destination)
+
+    def digest(self) -> tuple[int, int, int, int]:
+        """(user count, XOR digest, alias count, XOR digest), the same as ``observed`` computes in SQL."""
+        return (
+            len(self.users),
+            _xor_digest(f"{e}\0{p}" for e, p in self.users.values()),
+            len(self.aliases),
+            _xor_digest(f"{s}\0{d}" for s, d in self.aliases.values()),
+        )
+
+
+def _xor_digest(items: Iterable[str]) -> int:
+    acc = 0
+    for item in items:
+        acc ^= int.from_bytes(hashlib.md5(item.encode("utf-8"), usedforsecurity=False).digest()[:8], "big")
+    return acc
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything ``plan`` needs of the revision (in-memory)."""
+
+    revision: str | None
+    files: Mapping[str, FileSpec]
+    tables: tuple[TableDecl, ...]
+    domains: Mapping[str, DomainRows]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything ``plan`` needs of the live host (in-memory).
+
+    ``domains`` holds full rows only for domains whose digest differs from the desired one (the
+    observer compares digests in SQL first); ``unchanged_domains`` lists those that matched.
+    """
+
+    files: Mapping[str, LiveFile]
+    managed_files: frozenset[str]
+    managed_tables: tuple[TableDecl, ...]
+    stale_tables: frozenset[str]  # names whose built file is missing or older than its source
+    domains: Mapping[str, DomainRows]
+    unchanged_domains: frozenset[str]
+    postfix_running: bool
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """Create, update or delete one file of the config directory."""
+
+    action: Action
+    name: str
+    content: bytes | None = field(repr=False)  # None for delete
+    mode: int
+    group: str
+    diff: str  # unified diff of templates, secrets masked
+    secrets_changed: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    kind: Kind = Kind.FILE
+    holds_secret: bool = False
+
+    @property
+    def target(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class TableChange:
+    """Rebuild a table from its (new) source, or delete a built table whose source is gone."""
+
+    action: Action
+    table: TableDecl
+    reason: str
+    kind: Kind = Kind.TABLE
+
+    @property
+    def target(self) -> str:
+        return f"{self.table.type}:{self.table.name}"
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """Insert, update or delete one row, keyed by its natural key."""
+
+    action: Action
+    table: str
+    key: str
+    domain: str
+    before: Mapping[str, str] | None = field(repr=False)
+    after: Mapping[str, str] | None = field(repr=False)
+    kind: Kind = Kind.ROW
+
+    @property
+    def target(self) -> str:
+        return f"{self.table}/{self.key}"
+
+
+@dataclass(frozen=True)
+class ServiceChange:
+    """What Postfix must do to take the change: nothing, reload or restart, and why."""
+
+    action: Action
+    reason: str
+    kind: Kind = Kind.SERVICE
+
+    @property
+    def target(self) -> str:
+        return "postfix"
+
+
+Change = FileChange | TableChange | RowChange | ServiceChange
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The ordered changes of one reconcile (in-memory, immutable); empty means in sync."""
+
+    revision: str | None
+    changes: tuple[Change, ...]
+    service: ServiceChange
+    main_cf_params: tuple[tuple[str, str | None, str | None], ...] = ()
+    master_cf_services: tuple[tuple[str, str | None, str | None], ...] = ()
+    managed_files: frozenset[str] = frozenset()
+    managed_tables: tuple[TableDecl, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not any(c.kind is not Kind.SERVICE for c in self.changes)
+
+    @property
+    def files(self) -> list[FileChange]:
+        return [c for c in self.changes if isinstance(c, FileChange)]
+
+    @property
+    def tables(self) -> list[TableChange]:
+        return [c for c in self.changes if isinstance(c, TableChange)]
+
+    @property
+    def rows(self) -> list[RowChange]:
+        return [c for c in self.changes if isinstance(c, RowChange)]
+
+
+def plan(desired: Desired, observed: Observed) -> Plan:
+    """The changes that turn ``observed`` into ``desired``, in execution order."""
+    file_changes = _file_changes(desired, observed)
+    changed_files = {c.name for c in file_changes}
+    table_changes = _table_changes(desired, observed, changed_files)
+    row_changes = _row_changes(desired, observed)
+    main_params = _param_diff(desired, observed, "main.cf", parse_main_cf)
+    master_services = _param_diff(desired, observed, "master.cf", parse_master_cf)
+    service = _service_action(file_changes, table_changes, main_params, observed.postfix_running)
+    changes: list[Change] = [*file_changes, *table_changes, *row_changes]
+    if service.action is not Action.NONE:
+        changes.append(service)
+    return Plan(
+        revision=desired.revision,
+        changes=tuple(changes),
+        service=service,
+        main_cf_params=tuple(main_params),
+        master_cf_services=tuple(master_services),
+        managed_files=frozenset(desired.files),
+        managed_tables=desired.tables,
+    )
+
+
+def _file_changes(desired: Desired, observed: Observed) -> list[FileChange]:
+    out: list[FileChange] = []
+    for name in sorted(desired.files):
+        spec = desired.files[name]
+        live = observed.files.get(name)
+        holds_secret = bool(spec.secrets)
+        if live is None:
+            diff = unified(b"", spec.template, name)
+            out.append(
+                FileChange(
+                    Action.CREATE, name, spec.content, spec.mode, spec.group, diff, (), (), holds_secret=holds_secret
+                )
+            )
+            continue
+        notes: list[str] = []
+        if (live.mode & 0o7777) != spec.mode:
+            notes.append(f"mode {live.mode & 0o7777:04o} -> {spec.mode:04o}")
+        if live.group != spec.group:
+            notes.append(f"group {live.group} -> {spec.group}")
+        if live.content == spec.content and not notes:
+            continue
+        diff, rotated = "", tuple[str, ...]()
+        if live.content != spec.content:
+            masked, rotated = mask_live(spec.template, live.content, observed.secrets)
+            diff = unified(masked, spec.template, name)
+        out.append(
+            FileChange(
+                Action.UPDATE,
+                name,
+                spec.content,
+                spec.mode,
+                spec.group,
+                diff,
+                rotated,
+                tuple(notes),
+                holds_secret=holds_secret,
+            )
+        )
+    for name in sorted(observed.managed_files - set(desired.files)):
+        live = observed.files.get(name)
+        if live is None:
+            continue
+        masked, _ = mask_live(b"", live.content, observed.secrets)
+        out.append(FileChange(Action.DELETE, name, None, 0, "", unified(masked, b"", name)))
+    return out
+
+
+def _table_changes(desired: Desired, observed: Observed, changed_files: set[str]) -> list[TableChange]:
+    out: list[TableChange] = []
+    for table in desired.tables:
+        if table.name in changed_files:
+            out.append(TableChange(Action.REBUILD, table, "source changed"))
+        elif table.name in observed.stale_tables:
+            out.append(TableChange(Action.REBUILD, table, "built table missing or older than its source"))
+        elif table not in observed.managed_tables and observed.managed_files:
+            out.append(TableChange(Action.REBUILD, table, "table type or builder changed"))
+    wanted = {(t.name, t.type) for t in desired.tables}
+    for table in observed.managed_tables:
+        if (table.name, table.type) not in wanted and table.built_suffixes != _suffixes_of(desired, table.name):
+            out.append(
+                TableChange(
+                    Action.DELETE, table, "no longer referenced" if table.name in desired.files else "source removed"
+                )
+            )
+    return out
+
+
+def _suffixes_of(desired: Desired, name: str) -> tuple[str, ...] | None:
+    for t in desired.tables:
+        if t.name == name:
+            return t.built_suffixes
+    return None
+
+
+def _row_changes(desired: Desired, observed: Observed) -> list[RowChange]:
+    creates: list[RowChange] = []
+    middle: list[RowChange] = []
+    deletes: list[RowChange] = []
+    names = sorted((set(desired.domains) | set(observed.domains)) - observed.unchanged_domains)
+    empty = DomainRows({}, {})
+    for name in names:
+        want = desired.domains.get(name)
+        have = observed.domains.get(name)
+        if want is not None and have is None:
+            creates.append(RowChange(Action.CREATE, "virtual_domains", name, name, None, {"name": name}))
+        w = want or empty
+        h = have or empty
+        for key in sorted(set(w.users) | set(h.users)):
+            a, b = h.users.get(key), w.users.get(key)
+            if a == b:
+                continue
+            before = {"email": a[0], "password": a[1]} if a else None
+            after = {"email": b[0], "password": b[1]} if b else None
+            action = Action.CREATE if a is None else Action.DELETE if b is None else Action.UPDATE
+            middle.append(RowChange(action, "virtual_users", key, name, before, after))
+        for pair in sorted(set(w.aliases) | set(h.aliases)):
+            c, d = h.aliases.get(pair), w.aliases.get(pair)
+            if c == d:
+                continue
+            before = {"source": c[0], "destination": c[1]} if c else None
+            after = {"source": d[0], "destination": d[1]} if d else None
+            action = Action.CREATE if c is None else Action.DELETE if d is None else Action.UPDATE
+            middle.append(RowChange(action, "virtual_aliases", f"{pair[0]} -> {pair[1]}", name, before, after))
+        if want is None and have is not None:
+            deletes.append(RowChange(Action.DELETE, "virtual_domains", name, name, {"name": name}, None))
+    return [*creates, *middle, *deletes]
+
+
+def _param_diff(
+    desired: Desired, observed: Observed, name: str, parse: Any
+) -> list[tuple[str, str | None, str | None]]:
+    spec = desired.files.get(name)
+    live = observed.files.get(name)
+    if spec is None or live is None or live.content == spec.content:
+        return []
+    masked, _ = mask_live(spec.template, live.content, observed.secrets)
+    return diff_parameters(parse(masked.decode("utf-8", "replace")), parse(spec.template.decode("utf-8", "replace")))
+
+
+def _service_action(
+    files: list[FileChange],
+    tables: list[TableChange],
+    main_params: list[tuple[str, str | None, str | None]],
+    running: bool,
+) -> ServiceChange:
+    if not files and not tables:
+        return ServiceChange(Action.NONE, "no file or table changed")
+    if not running:
+        return ServiceChange(Action.NONE, "Postfix is not running; it is left stopped")
+    restart = [n for n, _, _ in main_params if n in RESTART_PARAMETERS]
+    if restart or any(f.name == "main.cf" and f.action is Action.CREATE for f in files):
+        why = ", ".join(restart) if restart else "main.cf created"
+        return ServiceChange(Action.RESTART, f"{why} changed: Postfix takes it only on a restart")
+    what = ", ".join(sorted({f.name for f in files} | {t.table.name for t in tables}))
+    return ServiceChange(Action.RELOAD, f"changed: {what}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Secret masking and rendering helpers (pure)
+
+_SECRET_REF = re.compile(rb"\$\{secret:([A-Za-z0-9][A-Za-z0-9_.-]*)\}")
+
+
+def mask_live(template: bytes, live: bytes, secrets: Mapping[str, bytes]) -> tuple[bytes, tuple[str, ...]]:
+    """The live file with secret values put back as placeholders, and which secrets differ.
+
+    Each live line that matches a template line with its placeholders as wildcards is shown as that
+    template line; if the value found there differs from the current secret, the secret is
+    "changed". Values of known secrets elsewhere are masked, and in a file whose template holds a
+    secret, any other differing line shows only up to its first separator.
+    """
+    patterns: list[tuple[re.Pattern[bytes], bytes, list[str]]] = []
+    for tline in template.split(b"\n"):
+        names = [m.group(1).decode() for m in _SECRET_REF.finditer(tline)]
+        if names:
+            parts = _SECRET_REF.split(tline)
+            source = b"".join(re.escape(p) if i % 2 == 0 else b"(.*?)" for i, p in enumerate(parts))
+            patterns.append((re.compile(source + b"\\Z", re.S), tline, names))
+    template_lines = set(template.split(b"\n"))
+    changed: list[str] = []
+    out: list[bytes] = []
+    for line in live.split(b"\n"):
+        for pattern, tline, names in patterns:
+            m = pattern.match(line)
+            if m:
+                for name, value in zip(names, m.groups(), strict=True):
+                    if secrets.get(name) != value and name not in changed:
+                        changed.append(name)
+                line = tline
+                break
+        else:
+            for name, value in secrets.items():
+                if len(value) >= 4 and value in line:
+                    line = line.replace(value, b"${secret:" + name.encode() + b"}")
+            if patterns and line not in template_lines:
+                line = _hide_value(line)
+        out.append(line)
+    return b"\n".join(out), tuple(changed)
+
+
+def _hide_value(line: bytes) -> bytes:
+    stripped = line.lstrip()
+    if not stripped or stripped.startswith(b"#"):
+        return line
+    m = re.match(rb"(\s*[^\s=:]+\s*[=:]?\s*)", line)
+    head = m.group(1) if m else b""
+    return head + b"<hidden: this file holds secrets>"
+
+
+def unified(before: bytes, after: bytes, name: str) -> str:
+    """A unified diff of two texts (invalid UTF-8 replaced), ``live/NAME`` against ``desired/NAME``."""
+    a = before.decode("utf-8", "replace").splitlines(keepends=True)
+    b = after.decode("utf-8", "replace").splitlines(keepends=True)
+    return "".join(difflib.unified_diff(a, b, f"live/{name}", f"desired/{name}"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Building the plan's input from a validated revision (pure)
+
+SECRET_FILE_MODE = 0o640
+SECRET_FILE_GROUP = "postfix"  # noqa: S105 - a group name
+
+
+def domain_rows(model: Any) -> DomainRows:
+    """Rows of one ``DomainFile`` keyed by lower-cased natural key."""
+    users = {m.address.casefold(): (m.address, m.password) for m in model.mailboxes}
+    aliases = {(a.source.casefold(), a.destination.casefold()): (a.source, a.destination) for a in model.aliases}
+    return DomainRows(users, aliases)
+
+
+def render_file(template: bytes, secrets: Mapping[str, bytes]) -> bytes:
+    """The template with every ``${secret:NAME}`` replaced by its value."""
+    return _SECRET_REF.sub(lambda m: secrets[m.group(1).decode()], template)
+
+
+def desired_from(
+    revision: str | None,
+    files: Mapping[str, Any],
+    tables: Iterable[Any],
+    domains: Mapping[str, DomainRows],
+    secrets: Mapping[str, bytes],
+) -> Desired:
+    """``Desired`` from validated ``DesiredFile``s, ``TableSpec``s and domain rows."""
+    specs = {}
+    for name, f in files.items():
+        holds = bool(f.secrets)
+        specs[name] = FileSpec(
+            name,
+            f.template,
+            render_file(f.template, secrets) if holds else f.template,
+            frozenset(f.secrets),
+            SECRET_FILE_MODE if holds else 0o644,
+            SECRET_FILE_GROUP if holds else "root",
+        )
+    decls = tuple(TableDecl(t.name, t.type, t.builder) for t in tables if t.builder)
+    return Desired(revision, specs, decls, domains)

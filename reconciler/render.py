@@ -1,0 +1,113 @@
+"""Renders a Plan for people (text, colour on a tty) and for scripts (JSON of SPEC section 4).
+
+Pure. Never prints a secret: file diffs come from templates (``FileChange.diff``), a rotated
+secret is named, and password hashes show as changed, never as values.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reconciler.plan import MASK, Action, FileChange, Plan, RowChange, ServiceChange, TableChange
+
+_COLOURS = {"+": "\033[32m", "-": "\033[31m", "@": "\033[36m", "~": "\033[33m"}
+_RESET = "\033[0m"
+
+
+def _masked_row(values: Any) -> dict[str, str] | None:
+    if values is None:
+        return None
+    return {k: (MASK if k == "password" else v) for k, v in values.items()}
+
+
+def change_json(change: FileChange | TableChange | RowChange | ServiceChange) -> dict[str, Any]:
+    """One change as SPEC section 4 describes it."""
+    out: dict[str, Any] = {"kind": change.kind.value, "action": change.action.value, "target": change.target}
+    if isinstance(change, FileChange):
+        out["diff"] = change.diff
+        if change.secrets_changed:
+            out["secrets_changed"] = list(change.secrets_changed)
+        if change.notes:
+            out["notes"] = list(change.notes)
+    elif isinstance(change, TableChange):
+        out["type"] = change.table.type
+        out["builder"] = change.table.builder
+        out["reason"] = change.reason
+    elif isinstance(change, RowChange):
+        out["table"] = change.table
+        out["key"] = change.key
+        out["domain"] = change.domain
+        out["before"] = _masked_row(change.before)
+        out["after"] = _masked_row(change.after)
+        if change.before and change.after:
+            out["changed"] = sorted(k for k in change.after if change.before.get(k) != change.after.get(k))
+    else:
+        out["reason"] = change.reason
+    return out
+
+
+def plan_json(plan: Plan) -> str:
+    """``diff --format json``: one document."""
+    doc = {"revision": plan.revision, "changes": [change_json(c) for c in plan.changes]}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def plan_text(plan: Plan, *, colour: bool = False) -> str:
+    """The human dry-run report: file diffs with parameter summaries, rows by domain, tables, service."""
+    lines: list[str] = []
+
+    def paint(line: str) -> str:
+        if not colour or not line:
+            return line
+        code = _COLOURS.get(line[0])
+        return f"{code}{line}{_RESET}" if code and not line.startswith(("+++", "---")) else line
+
+    rev = (plan.revision or "working tree")[:12]
+    if plan.empty:
+        return f"revision {rev}: in sync, nothing to do\n"
+    lines.append(f"revision {rev}: {len(plan.changes)} change(s)")
+    for f in plan.files:
+        lines.append("")
+        lines.append(f"file {f.action.value}: {f.name}" + (f"  ({'; '.join(f.notes)})" if f.notes else ""))
+        if f.name == "main.cf" and plan.main_cf_params:
+            for name, old, new in plan.main_cf_params:
+                if old is None:
+                    lines.append(paint(f"+ parameter {name} = {new}"))
+                elif new is None:
+                    lines.append(paint(f"- parameter {name} (was {old})"))
+                else:
+                    lines.append(paint(f"~ parameter {name}: {old} -> {new}"))
+        if f.name == "master.cf" and plan.master_cf_services:
+            for name, old, new in plan.master_cf_services:
+                verb = "added" if old is None else "removed" if new is None else "changed"
+                lines.append(paint(f"~ service {name} {verb}"))
+        for secret in f.secrets_changed:
+            lines.append(paint(f"~ secret {secret} changed"))
+        lines.extend(paint(line) for line in f.diff.rstrip("\n").split("\n") if f.diff)
+    tables = plan.tables
+    if tables:
+        lines.append("")
+        for t in tables:
+            lines.append(f"table {t.action.value}: {t.table.type}:{t.table.name} ({t.table.builder}; {t.reason})")
+    rows = plan.rows
+    by_domain: dict[str, list[RowChange]] = {}
+    for r in rows:
+        by_domain.setdefault(r.domain, []).append(r)
+    for domain in sorted(by_domain):
+        lines.append("")
+        lines.append(f"domain {domain}:")
+        for r in by_domain[domain]:
+            sign = {Action.CREATE: "+", Action.DELETE: "-"}.get(r.action, "~")
+            what = r.key
+            if r.action is Action.UPDATE and r.before and r.after:
+                changed = [k for k in r.after if r.before.get(k) != r.after.get(k)]
+                what += (
+                    " ("
+                    + ", ".join("password hash changed" if k == "password" else f"{k} changed" for k in changed)
+                    + ")"
+                )
+            lines.append(paint(f"{sign} {r.table} {r.action.value} {what}"))
+    lines.append("")
+    lines.append(f"postfix: {plan.service.action.value} ({plan.service.reason})")
+    return "\n".join(lines) + "\n"

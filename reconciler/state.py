@@ -1,0 +1,105 @@
+"""The agent's persistent state in ``[state].dir``: inventory, failed revisions, history.
+
+Low layer (files only, no secrets ever): ``observed`` reads the inventory, ``apply`` writes it
+after a successful apply, and the agent keeps its attempt history here. Every write is atomic
+(temporary file, fsync, rename, fsync of the directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the agent manages on this host, as of the last successful apply (persisted)."""
+
+    revision: str | None
+    files: frozenset[str]
+    tables: tuple[tuple[str, str, str], ...]  # (name, type, builder)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"revision": self.revision, "files": sorted(self.files), "tables": [list(t) for t in self.tables]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Inventory:
+        if not data:
+            return cls(None, frozenset(), ())
+        tables = tuple((str(t[0]), str(t[1]), str(t[2])) for t in data.get("tables", []))
+        return cls(data.get("revision"), frozenset(data.get("files", [])), tables)
+
+
+class StateDir:
+    """Accessors for the files of the state directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def ensure(self) -> None:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path / "journal.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "lock"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.path / "backup"
+
+    def read_inventory(self) -> Inventory:
+        return Inventory.from_json(self._read_json("inventory.json"))
+
+    def write_inventory(self, inventory: Inventory) -> None:
+        self._write_json("inventory.json", inventory.to_json())
+
+    def failed_revisions(self) -> dict[str, str]:
+        """Revision -> error of revisions that failed; not retried until the branch moves on."""
+        data = self._read_json("failed.json")
+        return {str(k): str(v) for k, v in (data or {}).items()}
+
+    def record_failed(self, revision: str, error: str) -> None:
+        failed = self.failed_revisions()
+        failed[revision] = error
+        # Keep the file small: only the most recent failures matter.
+        self._write_json("failed.json", dict(list(failed.items())[-50:]))
+
+    def _read_json(self, name: str) -> Any:
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def _write_json(self, name: str, data: Mapping[str, Any] | list[Any]) -> None:
+        self.ensure()
+        atomic_write(self.path / name, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
