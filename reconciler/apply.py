@@ -38,7 +38,7 @@ import structlog
 
 from reconciler.errors import ReconcilerError, TemporaryError
 from reconciler.plan import Action, Plan
-from reconciler.postfix import postalias, postfix_cmd, postmap
+from reconciler.postfix import backdate, postalias, postfix_cmd, postmap
 from reconciler.state import Inventory, StateDir, atomic_write, fsync_dir
 from reconciler.verify import check_health
 
@@ -180,6 +180,7 @@ def _write_new(path: Path, content: bytes, mode: int, group: str) -> None:
     finally:
         os.close(fd)
     _chgrp(path, group, mode)
+    backdate(path)
 
 
 def _link_backup(live: Path) -> str | None:

@@ -8,8 +8,10 @@ can count them as errors.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,18 @@ def postalias(config_dir: Path, *args: str) -> ToolResult:
 def postfix_cmd(config_dir: Path, *args: str, timeout: float = 120.0) -> ToolResult:
     """``postfix -c config_dir ARGS`` (start, stop, reload, status, check)."""
     return run_tool(["postfix", "-c", str(config_dir), *args], timeout=timeout)
+
+
+def backdate(path: Path, seconds: float = 10.0) -> None:
+    """Set a freshly written config file's mtime into the past.
+
+    Postfix re-reads a main.cf modified within the last second or two in 0.3 s steps until it
+    "cools down" (dict_load_file_xt), so any postconf/postfix call right after a write stalls for up
+    to 2 s. Nothing the agent decides depends on these mtimes but table staleness, which compares
+    a source with the table built after it, so an older source is always safe.
+    """
+    past = time.time() - seconds
+    os.utime(path, (past, past))
 
 
 def parse_parameters(text: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from reconciler.postfix import (
     TEXT_TYPES,
     TableRef,
     ToolResult,
+    backdate,
     parse_parameters,
     postalias,
     postconf,
@@ -92,6 +93,7 @@ def stage_files(files: Mapping[str, DesiredFile], stage: Path, secrets: Mapping[
                 data,
             )
         (stage / name).write_bytes(data)
+        backdate(stage / name)
 
 
 def _secret_value(ref: bytes, secrets: Mapping[str, bytes] | None) -> bytes:
