@@ -40,6 +40,7 @@ _SECRET_REF = re.compile(rb"\$\{secret:[^}]*\}")
 # "file /x/master.cf: line 12: ..." and "/x/canonical, line 3: ..." and "cidr map /x/a.cidr, line 2: ..."
 _LINE_REF = re.compile(r"(?P<path>/[^\s,:]+)(?::|,) line (?P<line>\d+):? ?")
 _FILE_REF = re.compile(r"(?P<path>/[^\s,:]+): ")
+_QUOTED_LINE = re.compile(r' in "(.+)"$')
 _UNUSED = re.compile(r"unused parameter: (?P<name>[\w]+)=")
 _UNDEFINED = re.compile(r"undefined parameter: (?P<name>[\w]+)")
 
@@ -310,6 +311,20 @@ class _LineMapper:
                     message = f"${d['name']} is used but never defined"
                 yield Problem(POSTFIX_DIR + name, line, message)
                 continue
+            quoted = _QUOTED_LINE.search(text)
+            found = self._find_line(quoted.group(1)) if quoted else None
+            if found:
+                yield Problem(POSTFIX_DIR + found[0], found[1], text)
+                continue
             yield Problem(
                 POSTFIX_DIR + "main.cf", None, f"{diag.level}: {text.replace(self._stage, '$config_directory')}"
             )
+
+    def _find_line(self, quoted: str) -> tuple[str, int] | None:
+        """The file and line holding a line Postfix quoted (whitespace folded)."""
+        want = " ".join(quoted.split())
+        for name in ("master.cf", "main.cf"):
+            for number, line in enumerate(self._text_lines(name), start=1):
+                if " ".join(line.split()) == want:
+                    return name, number
+        return None
