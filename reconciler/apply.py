@@ -25,6 +25,7 @@ import fcntl
 import grp
 import json
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -48,6 +49,7 @@ NEW = ".reconciler-new"
 BAK = ".reconciler-bak"
 LOCK_NAME_PREFIX = "reconciler:"
 FAULT_ENV = "RECONCILER_TEST_FAIL_AT"  # test-only: name of a step that must fail
+CRASH_ENV = "RECONCILER_TEST_KILL_AT"  # test-only: name of a step where the process kills itself
 
 
 class Step(StrEnum):
@@ -81,9 +83,14 @@ class InjectedFault(Exception):
 
 
 def _fault(step: Step, index: int = 0) -> None:
+    """Test-only hooks: fail (exception) or crash (SIGKILL, as a power loss) at a named step."""
+    names = (step.value, f"{step.value}:{index}")
     wanted = os.environ.get(FAULT_ENV)
-    if wanted and wanted in (step.value, f"{step.value}:{index}"):
+    if wanted and wanted in names:
         raise InjectedFault(f"injected fault at {wanted}")
+    crash = os.environ.get(CRASH_ENV)
+    if crash and crash in names:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -249,8 +256,6 @@ class Applier:
             step = Step.COMMIT
             _fault(step)
             self.conn.commit()
-            txn_open = False
-            self._release_lock()
         except Exception as exc:
             detail = exc.detail if isinstance(exc, ApplyFailed) else str(exc)
             log.warning("apply.rollback", step=step.value, error=detail)
@@ -258,6 +263,8 @@ class Applier:
             temporary = isinstance(exc, TemporaryError | pymysql.err.OperationalError)
             raise ApplyFailed(step, detail, rolled_back=rolled, temporary=temporary) from None
         # Past the commit point: only clean-up remains, and recovery would redo it.
+        _fault(Step.COMMIT, 1)  # test-only: a crash right after the commit point must roll forward
+        self._release_lock()
         self._finish(plan, journal)
         return ApplyResult(
             changed=True,
@@ -345,6 +352,8 @@ class Applier:
             for c in changes:
                 if c.table == "virtual_domains" and c.action is Action.CREATE:
                     cur.execute("INSERT INTO virtual_domains (name) VALUES (%s)", (c.key,))
+                elif c.table == "virtual_domains" and c.action is Action.UPDATE:
+                    cur.execute("UPDATE virtual_domains SET name = %s WHERE name = %s", (c.key, _v(c.before, "name")))
             user_inserts: list[tuple[int, str, str]] = []
             alias_inserts: list[tuple[int, str, str]] = []
             for c in changes:
@@ -389,7 +398,7 @@ class Applier:
                 )
             for c in changes:
                 if c.table == "virtual_domains" and c.action is Action.DELETE:
-                    cur.execute("DELETE FROM virtual_domains WHERE name = %s", (c.key,))
+                    cur.execute("DELETE FROM virtual_domains WHERE name = %s", (_v(c.before, "name"),))
             for name, value in (("applied_revision", plan.revision or ""), ("last_apply_id", apply_id)):
                 cur.execute(
                     "INSERT INTO reconciler_state (name, value) VALUES (%s, %s) "
@@ -524,14 +533,17 @@ def restore_service(config_dir: Path, *, restart: bool, timeout: float) -> bool:
     return health.ok
 
 
-def recover(state: StateDir, conn: Any, health_timeout: float = 10.0) -> str | None:
+def recover(state: StateDir, conn: Any, config_dir: Path, health_timeout: float = 10.0) -> str | None:
     """Finish or undo an interrupted apply; returns what was done, None when there was nothing.
 
     Call with the host lock held. The apply committed iff its id reached ``reconciler_state``.
+    Without a journal, leftovers of an apply killed before it wrote one are removed.
     """
     try:
         journal = _Journal.from_json(state.journal_path.read_bytes())
     except FileNotFoundError:
+        if config_dir.is_dir():
+            cleanup_temps(config_dir)
         return None
     config_dir = Path(journal.config_dir)
     committed = journal.phase == "committed"
@@ -548,8 +560,14 @@ def recover(state: StateDir, conn: Any, health_timeout: float = 10.0) -> str | N
     else:
         undo_files(journal)
         outcome = "undone"
-    if journal.postfix_running and postfix_cmd(config_dir, "status", timeout=30).returncode == 0:
-        restore_service(config_dir, restart=False, timeout=health_timeout)
+    if journal.postfix_running:
+        # Killed between "postfix stop" and "start" of a restart, Postfix is down: start it.
+        running = postfix_cmd(config_dir, "status", timeout=30).returncode == 0
+        if running:
+            restore_service(config_dir, restart=False, timeout=health_timeout)
+        else:
+            postfix_cmd(config_dir, "start", timeout=60)
+            check_health(config_dir, health_timeout)
     state.journal_path.unlink()
     fsync_dir(state.path)
     log.warning("apply.recovered", outcome=outcome, revision=journal.revision)

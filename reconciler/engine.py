@@ -64,7 +64,7 @@ def session(cfg: AgentConfig) -> Iterator[tuple[StateDir, Any]]:
     conn = connect(cfg.mysql)
     try:
         with host_lock(state):
-            recover(state, conn, cfg.postfix.health_timeout)
+            recover(state, conn, Path(cfg.postfix.config_dir), cfg.postfix.health_timeout)
             yield state, conn
     finally:
         conn.close()

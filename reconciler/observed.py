@@ -132,11 +132,8 @@ def observe(
         if live is not None:
             files[name] = live
     digests = domain_digests(conn)
-    # Match digests case-insensitively on the domain name, as the UNIQUE key does.
-    live_by_key = {name: d for name, d in digests.items()}
-    unchanged = frozenset(
-        n for n, rows in desired.domains.items() if n in live_by_key and live_by_key[n] == rows.digest()
-    )
+    # A domain is unchanged only when spelled exactly alike: a case-only difference is a rename.
+    unchanged = frozenset(n for n, rows in desired.domains.items() if digests.get(n) == rows.digest())
     differing = sorted(set(digests) - unchanged)
     return Observed(
         files=files,

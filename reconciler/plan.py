@@ -155,6 +155,7 @@ class FileChange:
     notes: tuple[str, ...] = ()
     kind: Kind = Kind.FILE
     holds_secret: bool = False
+    content_changed: bool = True  # False for a mode or group change only
 
     @property
     def target(self) -> str:
@@ -240,8 +241,7 @@ class Plan:
 def plan(desired: Desired, observed: Observed) -> Plan:
     """The changes that turn ``observed`` into ``desired``, in execution order."""
     file_changes = _file_changes(desired, observed)
-    changed_files = {c.name for c in file_changes}
-    table_changes = _table_changes(desired, observed, changed_files)
+    table_changes = _table_changes(desired, observed, file_changes)
     row_changes = _row_changes(desired, observed)
     main_params = _param_diff(desired, observed, "main.cf", parse_main_cf)
     master_services = _param_diff(desired, observed, "master.cf", parse_master_cf)
@@ -283,7 +283,7 @@ def _file_changes(desired: Desired, observed: Observed) -> list[FileChange]:
             continue
         diff, rotated = "", tuple[str, ...]()
         if live.content != spec.content:
-            masked, rotated = mask_live(spec.template, live.content, observed.secrets)
+            masked, rotated = mask_live(spec.template, live.content, observed.secrets, secret_file=_private(live))
             diff = unified(masked, spec.template, name)
         out.append(
             FileChange(
@@ -296,22 +296,26 @@ def _file_changes(desired: Desired, observed: Observed) -> list[FileChange]:
                 rotated,
                 tuple(notes),
                 holds_secret=holds_secret,
+                content_changed=live.content != spec.content,
             )
         )
     for name in sorted(observed.managed_files - set(desired.files)):
         live = observed.files.get(name)
         if live is None:
             continue
-        masked, _ = mask_live(b"", live.content, observed.secrets)
+        masked, _ = mask_live(b"", live.content, observed.secrets, secret_file=_private(live))
         out.append(FileChange(Action.DELETE, name, None, 0, "", unified(masked, b"", name)))
     return out
 
 
-def _table_changes(desired: Desired, observed: Observed, changed_files: set[str]) -> list[TableChange]:
+def _table_changes(desired: Desired, observed: Observed, files: list[FileChange]) -> list[TableChange]:
     out: list[TableChange] = []
+    changed = {f.name: f for f in files}
     for table in desired.tables:
-        if table.name in changed_files:
-            out.append(TableChange(Action.REBUILD, table, "source changed"))
+        if table.name in changed:
+            # A mode or group change of the source is rebuilt too: the table inherits them.
+            reason = "source changed" if _content_changed(changed[table.name]) else "source mode or group changed"
+            out.append(TableChange(Action.REBUILD, table, reason))
         elif table.name in observed.stale_tables:
             out.append(TableChange(Action.REBUILD, table, "built table missing or older than its source"))
         elif table not in observed.managed_tables and observed.managed_files:
@@ -338,23 +342,30 @@ def _row_changes(desired: Desired, observed: Observed) -> list[RowChange]:
     creates: list[RowChange] = []
     middle: list[RowChange] = []
     deletes: list[RowChange] = []
-    names = sorted((set(desired.domains) | set(observed.domains)) - observed.unchanged_domains)
+    # Domain names compare case-insensitively, as the UNIQUE key of virtual_domains does: a live
+    # "Example.ORG" is renamed in place, never re-created beside itself.
+    wanted = {n.casefold(): n for n in desired.domains}
+    live = {n.casefold(): n for n in observed.domains}
+    unchanged = {n.casefold() for n in observed.unchanged_domains}
     empty = DomainRows({}, {})
-    for name in names:
-        want = desired.domains.get(name)
-        have = observed.domains.get(name)
+    for key in sorted((set(wanted) | set(live)) - unchanged):
+        name = wanted.get(key) or live[key]
+        want = desired.domains.get(name) if key in wanted else None
+        have = observed.domains.get(live[key]) if key in live else None
         if want is not None and have is None:
             creates.append(RowChange(Action.CREATE, "virtual_domains", name, name, None, {"name": name}))
+        elif want is not None and live[key] != name:
+            creates.append(RowChange(Action.UPDATE, "virtual_domains", name, name, {"name": live[key]}, {"name": name}))
         w = want or empty
         h = have or empty
-        for key in sorted(set(w.users) | set(h.users)):
-            a, b = h.users.get(key), w.users.get(key)
+        for email in sorted(set(w.users) | set(h.users)):
+            a, b = h.users.get(email), w.users.get(email)
             if a == b:
                 continue
             before = {"email": a[0], "password": a[1]} if a else None
             after = {"email": b[0], "password": b[1]} if b else None
             action = Action.CREATE if a is None else Action.DELETE if b is None else Action.UPDATE
-            middle.append(RowChange(action, "virtual_users", key, name, before, after))
+            middle.append(RowChange(action, "virtual_users", email, name, before, after))
         for pair in sorted(set(w.aliases) | set(h.aliases)):
             c, d = h.aliases.get(pair), w.aliases.get(pair)
             if c == d:
@@ -364,7 +375,7 @@ def _row_changes(desired: Desired, observed: Observed) -> list[RowChange]:
             action = Action.CREATE if c is None else Action.DELETE if d is None else Action.UPDATE
             middle.append(RowChange(action, "virtual_aliases", f"{pair[0]} -> {pair[1]}", name, before, after))
         if want is None and have is not None:
-            deletes.append(RowChange(Action.DELETE, "virtual_domains", name, name, {"name": name}, None))
+            deletes.append(RowChange(Action.DELETE, "virtual_domains", name, name, {"name": live[key]}, None))
     return [*creates, *middle, *deletes]
 
 
@@ -375,7 +386,7 @@ def _param_diff(
     live = observed.files.get(name)
     if spec is None or live is None or live.content == spec.content:
         return []
-    masked, _ = mask_live(spec.template, live.content, observed.secrets)
+    masked, _ = mask_live(spec.template, live.content, observed.secrets, secret_file=_private(live))
     return diff_parameters(parse(masked.decode("utf-8", "replace")), parse(spec.template.decode("utf-8", "replace")))
 
 
@@ -385,16 +396,24 @@ def _service_action(
     main_params: list[tuple[str, str | None, str | None]],
     running: bool,
 ) -> ServiceChange:
-    if not files and not tables:
+    content = [f for f in files if _content_changed(f)]
+    if not content and not [t for t in tables if t.reason != "source mode or group changed"]:
+        if files:
+            return ServiceChange(Action.NONE, "only modes or groups changed; Postfix reads the same content")
         return ServiceChange(Action.NONE, "no file or table changed")
     if not running:
         return ServiceChange(Action.NONE, "Postfix is not running; it is left stopped")
     restart = [n for n, _, _ in main_params if n in RESTART_PARAMETERS]
-    if restart or any(f.name == "main.cf" and f.action is Action.CREATE for f in files):
-        why = ", ".join(restart) if restart else "main.cf created"
-        return ServiceChange(Action.RESTART, f"{why} changed: Postfix takes it only on a restart")
-    what = ", ".join(sorted({f.name for f in files} | {t.table.name for t in tables}))
+    if restart:
+        return ServiceChange(Action.RESTART, f"{', '.join(restart)} changed: Postfix takes it only on a restart")
+    if any(f.name == "main.cf" and f.action is Action.CREATE for f in files):
+        return ServiceChange(Action.RESTART, "main.cf created: a restart reads every setting")
+    what = ", ".join(sorted({f.name for f in content} | {t.table.name for t in tables}))
     return ServiceChange(Action.RELOAD, f"changed: {what}")
+
+
+def _content_changed(change: FileChange) -> bool:
+    return change.content_changed
 
 
 # ------------------------------------------------------------------------------------------------
@@ -403,13 +422,17 @@ def _service_action(
 _SECRET_REF = re.compile(rb"\$\{secret:([A-Za-z0-9][A-Za-z0-9_.-]*)\}")
 
 
-def mask_live(template: bytes, live: bytes, secrets: Mapping[str, bytes]) -> tuple[bytes, tuple[str, ...]]:
+def mask_live(
+    template: bytes, live: bytes, secrets: Mapping[str, bytes], *, secret_file: bool = False
+) -> tuple[bytes, tuple[str, ...]]:
     """The live file with secret values put back as placeholders, and which secrets differ.
 
     Each live line that matches a template line with its placeholders as wildcards is shown as that
     template line; if the value found there differs from the current secret, the secret is
-    "changed". Values of known secrets elsewhere are masked, and in a file whose template holds a
-    secret, any other differing line shows only up to its first separator.
+    "changed". Values of known secrets elsewhere are masked. In a file that holds a secret (its
+    template names one, or ``secret_file``: the live file is not world-readable), every other line
+    that the template does not hold verbatim, comments included, shows only up to its first
+    separator: an old or hand-written credential is never printed.
     """
     patterns: list[tuple[re.Pattern[bytes], bytes, list[str]]] = []
     for tline in template.split(b"\n"):
@@ -434,16 +457,23 @@ def mask_live(template: bytes, live: bytes, secrets: Mapping[str, bytes]) -> tup
             for name, value in secrets.items():
                 if len(value) >= 4 and value in line:
                     line = line.replace(value, b"${secret:" + name.encode() + b"}")
-            if patterns and line not in template_lines:
+            if (patterns or secret_file) and line not in template_lines:
                 line = _hide_value(line)
         out.append(line)
     return b"\n".join(out), tuple(changed)
 
 
+def _private(live: LiveFile) -> bool:
+    """A live file others cannot read may hold a credential the revision no longer names."""
+    return not live.mode & 0o004
+
+
 def _hide_value(line: bytes) -> bytes:
     stripped = line.lstrip()
-    if not stripped or stripped.startswith(b"#"):
+    if not stripped:
         return line
+    if stripped.startswith(b"#"):
+        return line[: len(line) - len(stripped) + 1] + b" <hidden: this file holds secrets>"
     m = re.match(rb"(\s*[^\s=:]+\s*[=:]?\s*)", line)
     head = m.group(1) if m else b""
     return head + b"<hidden: this file holds secrets>"

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.cfparse import parse_main_cf
 from reconciler.desired import POSTFIX_DIR, DesiredFile, DesiredState, build_desired
 from reconciler.errors import Problem
 from reconciler.postfix import (
@@ -43,6 +44,14 @@ _FILE_REF = re.compile(r"(?P<path>/[^\s,:]+): ")
 _QUOTED_LINE = re.compile(r' in "(.+)"$')
 _UNUSED = re.compile(r"unused parameter: (?P<name>[\w]+)=")
 _UNDEFINED = re.compile(r"undefined parameter: (?P<name>[\w]+)")
+
+# Parameters Postfix 3.6+ still accepts but silently ignores (postconf(5)); postconf prints nothing.
+IGNORED_SINCE_3_6 = {
+    "smtpd_tls_dh512_param_file": "export-grade Diffie-Hellman is gone since Postfix 3.6",
+    "tlsproxy_tls_dh512_param_file": "export-grade Diffie-Hellman is gone since Postfix 3.6",
+    "smtpd_tls_eecdh_grade": "Postfix 3.6+ ignores it and uses tls_eecdh_auto_curves",
+    "tlsproxy_tls_eecdh_grade": "Postfix 3.6+ ignores it and uses tls_eecdh_auto_curves",
+}
 
 MYSQL_KEYS = frozenset(
     {
@@ -84,10 +93,20 @@ def validate_snapshot(snapshot: Snapshot, live_config_dir: str = DEFAULT_LIVE_CO
     return Validated(desired, tuple(tables), tuple(ordered))
 
 
-def stage_files(files: Mapping[str, DesiredFile], stage: Path, secrets: Mapping[str, bytes] | None) -> None:
-    """Write the files into ``stage``, secrets substituted (dummies when ``secrets`` is None)."""
+def stage_files(
+    files: Mapping[str, DesiredFile],
+    stage: Path,
+    secrets: Mapping[str, bytes] | None,
+    live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR,
+) -> None:
+    """Write the files into ``stage``, secrets substituted (dummies when ``secrets`` is None).
+
+    References to the live config directory by absolute path point into the stage instead, so
+    that Postfix checks the staged mysql-*.cf and tables rather than whatever is live.
+    """
+    live = live_config_dir.rstrip("/").encode() + b"/"
     for name, f in files.items():
-        data = f.template
+        data = f.template.replace(live, str(stage).encode() + b"/")
         if f.secrets:
             data = _SECRET_REF.sub(
                 lambda m: _secret_value(m.group(0), secrets),
@@ -110,7 +129,7 @@ def check_postfix_tree(
     """Stage the files with dummy secrets and run Postfix's checks; returns tables and problems."""
     with tempfile.TemporaryDirectory(prefix="reconciler-stage-") as tmp:
         stage = Path(tmp)
-        stage_files(files, stage, None)
+        stage_files(files, stage, None, live_config_dir)
         return _check_stage(stage, files, live_config_dir)
 
 
@@ -150,10 +169,46 @@ def _check_stage(
             )
             continue
         problems.extend(mapper.problems(check_table(stage, spec)))
+    problems.extend(_ignored_parameter_problems(files, mapper))
     for name in sorted(files):
         if (name.startswith("mysql") and name.endswith(".cf")) or _is_mysql_table(name, params, service_params):
             problems.extend(mysql_cf_problems(POSTFIX_DIR + name, files[name].template.decode("utf-8")))
     return tables, problems
+
+
+def _ignored_parameter_problems(files: Mapping[str, DesiredFile], mapper: _LineMapper) -> list[Problem]:
+    """Parameters Postfix accepts without a warning but ignores, and SSLv3 in a cipher list."""
+    out: list[Problem] = []
+    params = parse_main_cf(files["main.cf"].template.decode("utf-8"))
+    for name, value in sorted(params.items()):
+        if name in IGNORED_SINCE_3_6:
+            out.append(
+                Problem(
+                    POSTFIX_DIR + "main.cf",
+                    mapper.parameter_line(name),
+                    f"{name} is ignored by Postfix: {IGNORED_SINCE_3_6[name]}; remove it",
+                )
+            )
+        if name.endswith("cipherlist") and "SSLv3" in value:
+            out.append(
+                Problem(
+                    POSTFIX_DIR + "main.cf",
+                    mapper.parameter_line(name),
+                    f"{name} names SSLv3: in a cipher list OpenSSL reads it as a cipher class, it does not "
+                    "turn the protocol off (use smtpd_tls_protocols / smtpd_tls_mandatory_protocols)",
+                )
+            )
+    level = params.get("smtp_tls_security_level", "")
+    if level in ("dane", "dane-only") and params.get("smtp_dns_support_level", "").lower() != "dnssec":
+        out.append(
+            Problem(
+                POSTFIX_DIR + "main.cf",
+                mapper.parameter_line("smtp_tls_security_level"),
+                f"smtp_tls_security_level = {level} needs smtp_dns_support_level = dnssec; "
+                "without DNSSEC lookups Postfix silently falls back to opportunistic TLS",
+            )
+        )
+    return out
 
 
 def _is_mysql_table(name: str, *param_sets: Mapping[str, str]) -> bool:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it (.ci/run): dependencies, then lint, types, layer contract, tests.
+# Every step runs even after an earlier one failed, so one run shows every problem; the exit status
+# is non-zero when any step failed. Postfix and MariaDB are started by the tests themselves
+# (private instances on loopback, see reconciler/sandbox.py): no system service is needed.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+bash deploy/install-deps.sh || { echo "test.sh: install-deps.sh failed" >&2; exit 1; }
+
+export PATH="$ROOT/.venv/bin:$PATH:/usr/sbin:/sbin"
+failed=()
+
+step() {
+  local name="$1"
+  shift
+  echo
+  echo "==> $name: $*"
+  local start=$SECONDS
+  if "$@"; then
+    echo "==> $name: ok ($((SECONDS - start)) s)"
+  else
+    echo "==> $name: FAILED (exit $?, $((SECONDS - start)) s)"
+    failed+=("$name")
+  fi
+}
+
+step ruff ruff check .
+step mypy mypy
+step import-linter lint-imports
+step pytest pytest
+
+echo
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "test.sh: FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "test.sh: all checks passed"
