@@ -182,7 +182,9 @@ def _chgrp(path: Path, group: str, mode: int) -> None:
 def _write_new(path: Path, content: bytes, mode: int, group: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, content)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -9,9 +9,11 @@ Every problem is collected, never just the first. Called by ``validate`` and lat
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import yaml
@@ -19,6 +21,7 @@ from pydantic import ValidationError
 
 from reconciler.errors import Problem
 from reconciler.models import DomainFile
+from reconciler.parsecache import ParseCache
 from reconciler.source import EntryKind, Snapshot
 
 MAX_FILE_SIZE = 64 * 1024 * 1024
@@ -45,13 +48,56 @@ class DesiredFile:
     secrets: frozenset[str]
 
 
+Pair = tuple[str, str]
+
+
+def rows_digest(users: Iterable[Pair], aliases: Iterable[Pair]) -> tuple[int, int, int, int]:
+    """(user count, XOR of MD5s, alias count, XOR of MD5s) of a domain's rows.
+
+    Order-independent, and the same as ``observed`` computes in SQL over ``email\0password`` and
+    ``source\0destination``, so an unchanged domain is recognised without reading its rows.
+    """
+    n_users = n_aliases = 0
+    x_users = x_aliases = 0
+    for email, password in users:
+        n_users += 1
+        x_users ^= _md5_64(f"{email}\0{password}")
+    for source, destination in aliases:
+        n_aliases += 1
+        x_aliases ^= _md5_64(f"{source}\0{destination}")
+    return n_users, x_users, n_aliases, x_aliases
+
+
+def _md5_64(text: str) -> int:
+    return int.from_bytes(hashlib.md5(text.encode("utf-8"), usedforsecurity=False).digest()[:8], "big")
+
+
+@dataclass(frozen=True)
+class DomainData:
+    """A hosted domain as the revision declares it (in-memory): digest now, rows on demand."""
+
+    name: str
+    path: str
+    blob_id: str
+    digest: tuple[int, int, int, int]
+    alias_keys: tuple[Pair, ...]  # case-folded (source, destination), in file order
+    load: Callable[[], tuple[tuple[Pair, ...], tuple[Pair, ...]]] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_model(cls, path: str, blob_id: str, model: DomainFile) -> DomainData:
+        users = tuple((m.address, m.password) for m in model.mailboxes)
+        aliases = tuple((a.source, a.destination) for a in model.aliases)
+        keys = tuple((s.casefold(), d.casefold()) for s, d in aliases)
+        return cls(model.domain, path, blob_id, rows_digest(users, aliases), keys, lambda: (users, aliases))
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """Everything a revision asks for (in-memory, immutable)."""
 
     revision: str | None
     files: Mapping[str, DesiredFile]
-    domains: Mapping[str, DomainFile]
+    domains: Mapping[str, DomainData]
 
 
 @dataclass(frozen=True)
@@ -62,11 +108,14 @@ class ParsedDomain:
     problems: tuple[Problem, ...]
 
 
-def build_desired(snapshot: Snapshot) -> tuple[DesiredState, list[Problem]]:
-    """Parse and check a snapshot; returns the state (possibly partial) and every problem."""
+def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[DesiredState, list[Problem]]:
+    """Parse and check a snapshot; returns the state (possibly partial) and every problem.
+
+    With a cache, a domain file whose blob was parsed and found valid before is not read again.
+    """
     problems: list[Problem] = []
     files: dict[str, DesiredFile] = {}
-    parsed: dict[str, ParsedDomain] = {}
+    domains: list[DomainData] = []
     for path in sorted(snapshot.entries):
         entry = snapshot.entries[path]
         in_postfix = path.startswith(POSTFIX_DIR)
@@ -90,6 +139,13 @@ def build_desired(snapshot: Snapshot) -> tuple[DesiredState, list[Problem]]:
         if entry.size > MAX_FILE_SIZE:
             problems.append(Problem(path, None, f"file is {entry.size} bytes; the limit is {MAX_FILE_SIZE}"))
             continue
+        cached = cache.get(entry.blob_id) if cache is not None and in_domains else None
+        if cache is not None and cached is not None and path == f"{DOMAINS_DIR}{cached.domain}.yaml":
+            blob = entry.blob_id
+            domains.append(
+                DomainData(cached.domain, path, blob, cached.digest, cached.alias_keys, partial(cache.rows, blob))
+            )
+            continue
         data = snapshot.read(path)
         text_problem = text_problems(path, data)
         if text_problem:
@@ -103,16 +159,19 @@ def build_desired(snapshot: Snapshot) -> tuple[DesiredState, list[Problem]]:
         else:
             result = parse_domain_file(path, data)
             problems.extend(result.problems)
-            parsed[path] = result
+            if result.model is not None:
+                data_ = DomainData.from_model(path, entry.blob_id, result.model)
+                domains.append(data_)
+                if cache is not None:
+                    users, aliases = data_.load()
+                    cache.put(entry.blob_id, data_.name, data_.digest, users, aliases)
     for required in REQUIRED_POSTFIX_FILES:
         if required not in files and not any(p.path == POSTFIX_DIR + required for p in problems):
             problems.append(Problem(POSTFIX_DIR + required, None, "required file is missing"))
-    domains = {}
-    for result in parsed.values():
-        if result.model is not None:
-            domains[result.model.domain] = result.model
-    problems.extend(cross_domain_problems(snapshot, parsed))
-    return DesiredState(snapshot.revision, files, domains), problems
+    problems.extend(cross_domain_problems(snapshot, domains))
+    if cache is not None:
+        cache.save(d.blob_id for d in domains)
+    return DesiredState(snapshot.revision, files, {d.name: d for d in domains}), problems
 
 
 def _shape_problem(path: str) -> str | None:
@@ -313,28 +372,23 @@ def _domain_rules(path: str, model: DomainFile, lines: _Lines) -> list[Problem]:
     return problems
 
 
-def cross_domain_problems(snapshot: Snapshot, parsed: Mapping[str, ParsedDomain]) -> list[Problem]:
+def cross_domain_problems(snapshot: Snapshot, domains: Iterable[DomainData]) -> list[Problem]:
     """Rules across domain files: a domain declared twice, alias cycles among hosted addresses."""
     problems: list[Problem] = []
     owner: dict[str, str] = {}
-    for path, result in sorted(parsed.items()):
-        if result.model is None:
-            continue
-        name = result.model.domain
-        if name in owner:
-            problems.append(Problem(path, 1, f"domain {name} is already declared in {owner[name]}"))
+    ordered = sorted(domains, key=lambda d: d.path)
+    for d in ordered:
+        if d.name in owner:
+            problems.append(Problem(d.path, 1, f"domain {d.name} is already declared in {owner[d.name]}"))
         else:
-            owner[name] = path
+            owner[d.name] = d.path
     # Alias graph over hosted addresses; a self-edge (keep a copy) is how Postfix users say "also
     # deliver here" and is not a loop. Any longer cycle makes Postfix bounce the mail.
     edges: dict[str, list[tuple[str, str, int]]] = {}
-    for path, result in parsed.items():
-        if result.model is None:
-            continue
-        for i, alias in enumerate(result.model.aliases):
-            src, dst = alias.source.casefold(), alias.destination.casefold()
+    for d in ordered:
+        for i, (src, dst) in enumerate(d.alias_keys):
             if src != dst and dst.rpartition("@")[2] in owner:
-                edges.setdefault(src, []).append((dst, path, i))
+                edges.setdefault(src, []).append((dst, d.path, i))
     for cycle in _cycles(edges):
         src = cycle[0]
         dst, path, index = next(e for e in edges[src] if e[0] == cycle[1 % len(cycle)])

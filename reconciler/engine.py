@@ -21,7 +21,8 @@ from reconciler.db import connect
 from reconciler.errors import InvalidRevision, PermanentError, SourceError
 from reconciler.models import AgentConfig
 from reconciler.observed import observe
-from reconciler.plan import Observed, Plan, desired_from, domain_rows, plan
+from reconciler.parsecache import ParseCache
+from reconciler.plan import Observed, Plan, desired_from, lazy_domain_rows, plan
 from reconciler.secrets import load_secrets
 from reconciler.source import Snapshot, open_snapshot
 from reconciler.state import StateDir
@@ -73,12 +74,12 @@ def session(cfg: AgentConfig) -> Iterator[tuple[StateDir, Any]]:
 def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any) -> Planned:
     """Validate the revision, observe the host and plan; raises ``InvalidRevision`` on any problem."""
     started = time.monotonic()
-    validated = validate_snapshot(snapshot, cfg.postfix.config_dir)
+    validated = validate_snapshot(snapshot, cfg.postfix.config_dir, ParseCache(state.path / "parsed"))
     if validated.problems:
         raise InvalidRevision(list(validated.problems))
     names = {n for f in validated.desired.files.values() for n in f.secrets}
     secrets = load_secrets(cfg.secrets.dir, names)
-    rows = {name: domain_rows(model) for name, model in validated.desired.domains.items()}
+    rows = {name: lazy_domain_rows(data) for name, data in validated.desired.domains.items()}
     desired = desired_from(snapshot.revision, validated.desired.files, validated.tables, rows, secrets)
     observed = observe(Path(cfg.postfix.config_dir), desired, state.read_inventory(), conn, secrets)
     result = plan(desired, observed)

@@ -10,14 +10,14 @@ on templates, and a rotated secret shows as "secret NAME changed".
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from reconciler.cfparse import diff_parameters, parse_main_cf, parse_master_cf
+from reconciler.desired import DomainData, rows_digest
 
 RESTART_PARAMETERS = ("inet_interfaces", "inet_protocols")
 MASK = "********"
@@ -85,28 +85,62 @@ class TableDecl:
         )
 
 
-@dataclass(frozen=True)
-class DomainRows:
-    """The rows of one domain: mailboxes by lower-cased address, aliases by lower-cased pair."""
+UserRows = Mapping[str, tuple[str, str]]  # lower-cased address -> (email, password)
+AliasRows = Mapping[tuple[str, str], tuple[str, str]]  # lower-cased pair -> (source, destination)
 
-    users: Mapping[str, tuple[str, str]]  # key -> (email, password)
-    aliases: Mapping[tuple[str, str], tuple[str, str]]  # key -> (source, destination)
+
+class DomainRows:
+    """The rows of one domain: mailboxes by lower-cased address, aliases by lower-cased pair.
+
+    Immutable. Built either from the rows themselves, or from a known digest and a loader that is
+    called only if the rows are needed (a domain that differs from the database).
+    """
+
+    __slots__ = ("_aliases", "_digest", "_load", "_users")
+
+    def __init__(
+        self,
+        users: UserRows | None = None,
+        aliases: AliasRows | None = None,
+        *,
+        digest: tuple[int, int, int, int] | None = None,
+        load: Callable[[], tuple[UserRows, AliasRows]] | None = None,
+    ) -> None:
+        self._users = users
+        self._aliases = aliases
+        self._digest = digest
+        self._load = load
+
+    def _rows(self) -> tuple[UserRows, AliasRows]:
+        if self._users is None or self._aliases is None:
+            assert self._load is not None  # noqa: S101 - constructed with rows or with a loader
+            self._users, self._aliases = self._load()
+        return self._users, self._aliases
+
+    @property
+    def users(self) -> UserRows:
+        return self._rows()[0]
+
+    @property
+    def aliases(self) -> AliasRows:
+        return self._rows()[1]
 
     def digest(self) -> tuple[int, int, int, int]:
         """(user count, XOR digest, alias count, XOR digest), the same as ``observed`` computes in SQL."""
-        return (
-            len(self.users),
-            _xor_digest(f"{e}\0{p}" for e, p in self.users.values()),
-            len(self.aliases),
-            _xor_digest(f"{s}\0{d}" for s, d in self.aliases.values()),
-        )
+        if self._digest is None:
+            self._digest = rows_digest(self.users.values(), self.aliases.values())
+        return self._digest
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DomainRows):
+            return NotImplemented
+        return dict(self.users) == dict(other.users) and dict(self.aliases) == dict(other.aliases)
 
-def _xor_digest(items: Iterable[str]) -> int:
-    acc = 0
-    for item in items:
-        acc ^= int.from_bytes(hashlib.md5(item.encode("utf-8"), usedforsecurity=False).digest()[:8], "big")
-    return acc
+    def __hash__(self) -> int:
+        return hash(self.digest())
+
+    def __repr__(self) -> str:
+        return f"DomainRows(users={len(self.users)}, aliases={len(self.aliases)})"
 
 
 @dataclass(frozen=True)
@@ -498,6 +532,16 @@ def domain_rows(model: Any) -> DomainRows:
     users = {m.address.casefold(): (m.address, m.password) for m in model.mailboxes}
     aliases = {(a.source.casefold(), a.destination.casefold()): (a.source, a.destination) for a in model.aliases}
     return DomainRows(users, aliases)
+
+
+def lazy_domain_rows(data: DomainData) -> DomainRows:
+    """Rows of a declared domain: its digest now, its rows (from the parse cache) only if needed."""
+
+    def load() -> tuple[UserRows, AliasRows]:
+        users, aliases = data.load()
+        return {e.casefold(): (e, p) for e, p in users}, {(s.casefold(), d.casefold()): (s, d) for s, d in aliases}
+
+    return DomainRows(digest=data.digest, load=load)
 
 
 def render_file(template: bytes, secrets: Mapping[str, bytes]) -> bytes:

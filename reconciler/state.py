@@ -15,17 +15,24 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new content."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new content.
+
+    ``fsync=False`` is for caches: still never a torn file, but possibly the old one after a crash.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if fsync:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:

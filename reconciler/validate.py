@@ -11,7 +11,9 @@ keys of mysql_table(5). Nothing live is touched. Called by the CLI (``validate``
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 from reconciler.cfparse import parse_main_cf
 from reconciler.desired import POSTFIX_DIR, DesiredFile, DesiredState, build_desired
 from reconciler.errors import Problem
+from reconciler.parsecache import ParseCache
 from reconciler.postfix import (
     INDEXED_TYPES,
     TEXT_TYPES,
@@ -82,15 +85,41 @@ class Validated:
     problems: tuple[Problem, ...]
 
 
-def validate_snapshot(snapshot: Snapshot, live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR) -> Validated:
-    """Every check of a revision; problems sorted by file and line."""
-    desired, problems = build_desired(snapshot)
+def validate_snapshot(
+    snapshot: Snapshot, live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR, cache: ParseCache | None = None
+) -> Validated:
+    """Every check of a revision; problems sorted by file and line.
+
+    With a cache, domain files and a ``postfix/`` tree that passed before (same blob ids, same
+    Postfix, same package version) are not checked again.
+    """
+    desired, problems = build_desired(snapshot, cache)
     tables: list[TableSpec] = []
     if all(name in desired.files for name in ("main.cf", "master.cf")):
-        tables, stage_problems = check_postfix_tree(desired.files, live_config_dir)
-        problems.extend(stage_problems)
+        key = _stage_key(desired.files, live_config_dir)
+        cached = cache.stage_result(key) if cache is not None else None
+        if cached is not None:
+            tables = [TableSpec(str(n), str(t), str(b), tuple(p)) for n, t, b, p in cached]
+        else:
+            tables, stage_problems = check_postfix_tree(desired.files, live_config_dir)
+            problems.extend(stage_problems)
+            if cache is not None and not stage_problems:
+                cache.put_stage_result(key, [[t.name, t.type, t.builder, list(t.parameters)] for t in tables])
     ordered = sorted(set(problems), key=lambda p: (p.path, p.line or 0, p.message))
     return Validated(desired, tuple(tables), tuple(ordered))
+
+
+def _stage_key(files: Mapping[str, DesiredFile], live_config_dir: str) -> str:
+    """Identity of a staged check: every postfix/ blob, the live dir and the Postfix binary."""
+    h = hashlib.sha256(live_config_dir.encode())
+    for name in sorted(files):
+        h.update(f"\0{name}\0{files[name].blob_id}".encode())
+    try:
+        st = Path(shutil.which("postconf") or "postconf").stat()
+        h.update(f"\0{st.st_mtime_ns}:{st.st_size}".encode())
+    except OSError:
+        pass
+    return h.hexdigest()
 
 
 def stage_files(

@@ -189,3 +189,28 @@ def test_row_only_change_needs_no_reload(mailhost: MailHost) -> None:
     assert res.returncode == 0 and "postfix none" in res.stdout, res.stdout
     assert host.rcpt("quick@example.net") == 250
     print(f"one-mailbox apply: {elapsed:.2f} s")
+
+
+def test_dry_run_changes_nothing(mailhost: MailHost) -> None:
+    """`diff` on a revision with file, table, row and drift changes touches no byte, mtime or row."""
+    host = mailhost
+    assert host.cli("apply").returncode == 0
+    host.add_mailbox("dry@example.net")
+    host.edit("postfix/main.cf", lambda t: t.replace("delay_warning_time = 6h", "delay_warning_time = 2h"))
+    host.edit("postfix/canonical", lambda t: t + "dry dry@example.net\n")
+    host.commit("pending change")
+    with (host.postfix.config_dir / "generic").open("a") as fh:
+        fh.write("handedit@x handedit@example.net\n")
+    before = host.fingerprint()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in host.postfix.config_dir.iterdir()}
+    for args in (("diff",), ("diff", "--format", "json")):
+        res = host.cli(*args)
+        assert res.returncode == 1, res.stderr
+        assert RELAY_SECRET not in res.stdout + res.stderr
+    assert host.fingerprint() == before
+    assert {p.name: p.stat().st_mtime_ns for p in host.postfix.config_dir.iterdir()} == mtimes
+    text = host.cli("diff").stdout
+    assert "~ parameter delay_warning_time: 6h -> 2h" in text
+    assert "+ virtual_users create dry@example.net" in text
+    assert "table rebuild: hash:canonical" in text
+    assert "file update: generic" in text

@@ -1,0 +1,124 @@
+"""Parsed domain files cached by git blob id in the state dir, so one change costs O(change).
+
+A blob id names the exact bytes of a file, so what parsing and checking it produced can be reused
+for as long as the cache format and the package version stay the same. ``index.json`` holds, per
+valid blob, the domain, the rows' digest and the alias pairs (for the cross-file cycle check);
+``rows/<blob>.json`` holds the rows, read only when a domain differs from the database. Invalid
+blobs are never cached: their problems are recomputed, with line numbers. Password hashes are
+cached (the database holds them anyway); secrets never are.
+Called by ``desired.build_desired``; the state dir is trusted (0700, the agent's own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler import __version__
+from reconciler.state import atomic_write
+
+FORMAT = f"1/{__version__}"
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class CachedDomain:
+    """What the index knows of one valid domain blob (in-memory)."""
+
+    domain: str
+    digest: tuple[int, int, int, int]
+    alias_keys: tuple[Pair, ...]  # case-folded (source, destination), in file order
+
+
+class ParseCache:
+    """The cache directory ``<state>/parsed``; load once, then ``get``/``put``, then ``save``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._index: dict[str, CachedDomain] = {}
+        self._dirty = False
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            data = json.loads((self.dir / "index.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return
+        if data.get("format") != FORMAT:
+            return  # another version parsed these: start afresh
+        for blob, e in data.get("blobs", {}).items():
+            digest = (int(e["digest"][0]), int(e["digest"][1]), int(e["digest"][2]), int(e["digest"][3]))
+            self._index[blob] = CachedDomain(e["domain"], digest, tuple((a, b) for a, b in e["aliases"]))
+
+    def get(self, blob_id: str) -> CachedDomain | None:
+        """The cached summary of a blob, or None."""
+        return self._index.get(blob_id)
+
+    def rows(self, blob_id: str) -> tuple[tuple[Pair, ...], tuple[Pair, ...]]:
+        """(users, aliases) of a cached blob, as (email, password) and (source, destination)."""
+        data = json.loads((self.dir / "rows" / f"{blob_id}.json").read_text(encoding="utf-8"))
+        users = tuple((str(e), str(p)) for e, p in data["users"])
+        aliases = tuple((str(s), str(d)) for s, d in data["aliases"])
+        return users, aliases
+
+    def put(
+        self,
+        blob_id: str,
+        domain: str,
+        digest: tuple[int, int, int, int],
+        users: Iterable[Pair],
+        aliases: Iterable[Pair],
+    ) -> None:
+        """Remember a valid blob."""
+        alias_list = list(aliases)
+        rows_dir = self.dir / "rows"
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        rows_dir.mkdir(mode=0o700, exist_ok=True)
+        body = json.dumps({"users": list(users), "aliases": alias_list}, separators=(",", ":"))
+        atomic_write(rows_dir / f"{blob_id}.json", body.encode(), fsync=False)
+        keys = tuple((s.casefold(), d.casefold()) for s, d in alias_list)
+        self._index[blob_id] = CachedDomain(domain, digest, keys)
+        self._dirty = True
+
+    def stage_result(self, key: str) -> list[list[Any]] | None:
+        """Tables found by an earlier clean staged check of the same postfix/ tree, or None."""
+        try:
+            data = json.loads((self.dir / "stage.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        if data.get("format") != FORMAT or data.get("key") != key:
+            return None
+        tables: list[list[Any]] = data["tables"]
+        return tables
+
+    def put_stage_result(self, key: str, tables: list[list[Any]]) -> None:
+        """Remember the tables of a postfix/ tree that passed Postfix's checks (only the latest)."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        doc = {"format": FORMAT, "key": key, "tables": tables}
+        atomic_write(self.dir / "stage.json", json.dumps(doc).encode(), fsync=False)
+
+    def save(self, keep: Iterable[str]) -> None:
+        """Write the index, keeping only the blobs of the current revision (others are pruned)."""
+        wanted = set(keep)
+        stale = set(self._index) - wanted
+        if not self._dirty and not stale:
+            return
+        for blob in stale:
+            del self._index[blob]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.dir / "rows" / f"{blob}.json")
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "blobs": {
+                b: {"domain": c.domain, "digest": list(c.digest), "aliases": [list(p) for p in c.alias_keys]}
+                for b, c in self._index.items()
+            },
+        }
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(self.dir / "index.json", json.dumps(doc, separators=(",", ":")).encode(), fsync=False)
+        self._dirty = False
