@@ -8,6 +8,7 @@ point that reads or writes live state first recovers an interrupted apply from t
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from reconciler.errors import InvalidRevision, PermanentError, SourceError
 from reconciler.models import AgentConfig
 from reconciler.observed import observe
 from reconciler.parsecache import ParseCache
-from reconciler.plan import Observed, Plan, desired_from, lazy_domain_rows, plan
+from reconciler.plan import Action, Observed, Plan, desired_from, lazy_domain_rows, plan
 from reconciler.secrets import load_secrets
+from reconciler.signatures import SignatureRejected, verify_commit
 from reconciler.source import Snapshot, open_snapshot
 from reconciler.state import StateDir
 from reconciler.validate import validate_snapshot
@@ -71,9 +73,51 @@ def session(cfg: AgentConfig) -> Iterator[tuple[StateDir, Any]]:
         conn.close()
 
 
+class MassDeletionRefused(PermanentError):
+    """The revision deletes more of the managed rows than ``[policy].max_delete_fraction`` allows."""
+
+
+MASS_DELETE_TRAILER = re.compile(r"^Allow-Mass-Delete:\s*yes\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def check_signature(cfg: AgentConfig, snapshot: Snapshot) -> None:
+    """Refuse the revision unless its commit is signed by a trusted key (when signatures are required)."""
+    if cfg.source.signatures != "required":
+        return
+    if snapshot.commit is None:
+        raise SignatureRejected("signatures are required, but a plain folder carries no signature")
+    signer = verify_commit(Path(snapshot.root), snapshot.commit.id, cfg.source.allowed_signers, cfg.source.gpg_keyring)
+    log.info("signature.valid", signer=signer)
+
+
+def check_deletions(cfg: AgentConfig, snapshot: Snapshot, result: Plan, observed: Observed) -> None:
+    """The deletion guard: refuse mass deletions unless the commit message allows them."""
+    deletes = sum(1 for r in result.rows if r.action is Action.DELETE)
+    if not deletes or not observed.row_count:
+        return
+    fraction = deletes / observed.row_count
+    if fraction <= cfg.policy.max_delete_fraction:
+        return
+    message = snapshot.commit.message if snapshot.commit else ""
+    last_paragraph = message.strip().split("\n\n")[-1]
+    if MASS_DELETE_TRAILER.search(last_paragraph):
+        log.warning("policy.mass_delete_allowed", deletes=deletes, rows=observed.row_count)
+        return
+    raise MassDeletionRefused(
+        f"revision deletes {deletes} of {observed.row_count} managed rows ({fraction:.0%}), more than "
+        f"max_delete_fraction {cfg.policy.max_delete_fraction:.0%}; add the trailer "
+        "'Allow-Mass-Delete: yes' to the commit message to allow it"
+    )
+
+
 def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any) -> Planned:
-    """Validate the revision, observe the host and plan; raises ``InvalidRevision`` on any problem."""
+    """Check the signature, validate the revision, observe the host, plan and apply the policies.
+
+    Raises ``PermanentError`` subclasses (``InvalidRevision``, ``SignatureRejected``,
+    ``MassDeletionRefused``, ``SecretError``) before anything live changes.
+    """
     started = time.monotonic()
+    check_signature(cfg, snapshot)
     validated = validate_snapshot(snapshot, cfg.postfix.config_dir, ParseCache(state.path / "parsed"))
     if validated.problems:
         raise InvalidRevision(list(validated.problems))
@@ -83,6 +127,7 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any) 
     desired = desired_from(snapshot.revision, validated.desired.files, validated.tables, rows, secrets)
     observed = observe(Path(cfg.postfix.config_dir), desired, state.read_inventory(), conn, secrets)
     result = plan(desired, observed)
+    check_deletions(cfg, snapshot, result, observed)
     log.info("plan.done", changes=len(result.changes), seconds=round(time.monotonic() - started, 3))
     return Planned(snapshot, result, observed)
 

@@ -144,6 +144,7 @@ def observe(
         unchanged_domains=unchanged,
         postfix_running=postfix_running(config_dir),
         secrets=secrets,
+        row_count=len(digests) + sum(d[0] + d[2] for d in digests.values()),
     )
 
 

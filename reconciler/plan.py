@@ -169,6 +169,7 @@ class Observed:
     unchanged_domains: frozenset[str]
     postfix_running: bool
     secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    row_count: int = 0  # rows of the three tables, all domains: the base of the deletion guard
 
 
 # ------------------------------------------------------------------------------------------------
