@@ -9,7 +9,9 @@ can count them as errors.
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -80,6 +82,51 @@ def run_tool(argv: Sequence[str], *, timeout: float = 120.0, input_text: str | N
     return ToolResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_tool_tty_stderr(argv: Sequence[str], *, timeout: float = 120.0) -> ToolResult:
+    """Run a command with its stderr on a pseudo-terminal and its stdout on a pipe; both captured.
+
+    postfix(1) writes its diagnostics to stderr only when stderr is a terminal (else to syslog or
+    maillog_file), so without this a fatal error of ``postfix check`` or ``reload`` reaches the
+    agent as a bare exit status. Raises ``ToolError`` if the command cannot start or times out.
+    """
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary)
+    except FileNotFoundError as exc:
+        os.close(primary)
+        raise ToolError(f"{argv[0]} not found: install Debian's postfix package") from exc
+    finally:
+        os.close(secondary)
+    assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above
+    out_fd = proc.stdout.fileno()
+    chunks: dict[int, list[bytes]] = {out_fd: [], primary: []}
+    open_fds = set(chunks)
+    deadline = time.monotonic() + timeout
+    try:
+        while open_fds:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                proc.kill()
+                raise ToolError(f"{argv[0]} did not finish within {timeout:.0f} s")
+            ready, _, _ = select.select(sorted(open_fds), [], [], remaining)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: every writer closed the terminal
+                    data = b""
+                if data:
+                    chunks[fd].append(data)
+                else:
+                    open_fds.discard(fd)
+        returncode = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
+    finally:
+        os.close(primary)
+        proc.stdout.close()
+    stdout = b"".join(chunks[out_fd]).decode("utf-8", errors="replace")
+    stderr = b"".join(chunks[primary]).decode("utf-8", errors="replace").replace("\r\n", "\n")
+    return ToolResult(tuple(argv), returncode, stdout, stderr)
+
+
 def postconf(config_dir: Path, *args: str) -> ToolResult:
     """``postconf -c config_dir ARGS``."""
     return run_tool(["postconf", "-c", str(config_dir), *args])
@@ -96,8 +143,8 @@ def postalias(config_dir: Path, *args: str) -> ToolResult:
 
 
 def postfix_cmd(config_dir: Path, *args: str, timeout: float = 120.0) -> ToolResult:
-    """``postfix -c config_dir ARGS`` (start, stop, reload, status, check)."""
-    return run_tool(["postfix", "-c", str(config_dir), *args], timeout=timeout)
+    """``postfix -c config_dir ARGS`` (start, stop, reload, status, check), diagnostics captured."""
+    return run_tool_tty_stderr(["postfix", "-c", str(config_dir), *args], timeout=timeout)
 
 
 def backdate(path: Path, seconds: float = 10.0) -> None:

@@ -26,11 +26,9 @@ import contextlib
 import grp
 import json
 import os
-import pty
 import pwd
 import re
 import secrets
-import select
 import shutil
 import signal
 import smtplib
@@ -46,6 +44,9 @@ from typing import Any, Final
 import pymysql
 import pymysql.connections
 import pymysql.cursors
+
+from reconciler.errors import ToolError
+from reconciler.postfix import run_tool_tty_stderr
 
 DATABASE: Final = "mailserver"
 AGENT_USER: Final = "reconciler"
@@ -119,48 +120,12 @@ def _run(
 
 
 def _run_tty_stderr(argv: Sequence[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run a command with its stderr on a pseudo-terminal, its stdout on a pipe; both captured.
-
-    postfix(1) writes its diagnostics to stderr only when stderr is a terminal (else to syslog or
-    maillog_file). A fatal error found before logging is set up, such as a bad main.cf value, is
-    otherwise lost without a trace when there is no /dev/log: the command just exits 1.
-    """
-    primary, secondary = pty.openpty()
+    """``reconciler.postfix.run_tool_tty_stderr`` with this module's error type (see there why)."""
     try:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary)
-    except FileNotFoundError as exc:
-        os.close(primary)
-        raise SandboxError(f"{argv[0]} not found") from exc
-    finally:
-        os.close(secondary)
-    assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above
-    out_fd = proc.stdout.fileno()
-    chunks: dict[int, list[bytes]] = {out_fd: [], primary: []}
-    open_fds = set(chunks)
-    deadline = time.monotonic() + timeout
-    try:
-        while open_fds:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                proc.kill()
-                raise SandboxError(f"{' '.join(argv)} did not finish within {timeout:.0f} s")
-            ready, _, _ = select.select(sorted(open_fds), [], [], remaining)
-            for fd in ready:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:  # EIO: every writer closed the terminal
-                    data = b""
-                if data:
-                    chunks[fd].append(data)
-                else:
-                    open_fds.discard(fd)
-        returncode = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
-    finally:
-        os.close(primary)
-        proc.stdout.close()
-    stdout = b"".join(chunks[out_fd]).decode("utf-8", errors="replace")
-    stderr = b"".join(chunks[primary]).decode("utf-8", errors="replace").replace("\r\n", "\n")
-    return subprocess.CompletedProcess(list(argv), returncode, stdout, stderr)
+        res = run_tool_tty_stderr(argv, timeout=timeout)
+    except ToolError as exc:
+        raise SandboxError(str(exc)) from exc
+    return subprocess.CompletedProcess(list(res.argv), res.returncode, res.stdout, res.stderr)
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
