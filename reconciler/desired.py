@@ -9,6 +9,7 @@ Every problem is collected, never just the first. Called by ``validate`` and lat
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -293,6 +294,9 @@ class _Lines:
 
 def load_yaml(path: str, data: bytes) -> tuple[Any, list[Problem]]:
     """Safe-load YAML refusing duplicate keys; a syntax error becomes a problem with its line."""
+    # The collector finds nothing to free in a freshly built document but costs ~30 % of the load.
+    enabled = gc.isenabled()
+    gc.disable()
     try:
         return yaml.load(data.decode("utf-8"), Loader=_Loader), []  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
@@ -300,6 +304,9 @@ def load_yaml(path: str, data: bytes) -> tuple[Any, list[Problem]]:
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
         return None, [Problem(path, line, f"invalid YAML: {reason}")]
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def parse_domain_file(path: str, data: bytes) -> ParsedDomain:

@@ -26,13 +26,17 @@ _HASH_RE = re.compile(r"\{[A-Z0-9][A-Z0-9.-]*\}[!-~]+\Z")
 _PLAINTEXT_SCHEMES = frozenset({"PLAIN", "CLEARTEXT", "PLAIN-TRUNC", "CRAM-MD5", "DIGEST-MD5"})
 
 
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+_SPACE_RE = re.compile(r"\s")
+
+
 def control_char_problem(value: str) -> str | None:
     """Why ``value`` cannot go into a table or row (a control character or whitespace), else None."""
-    for ch in value:
-        if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or ch in "\u2028\u2029\ufeff":
-            return f"contains control character {ch!r}"
-        if ch.isspace():
-            return "contains whitespace"
+    bad = _CONTROL_RE.search(value)
+    if bad:
+        return f"contains control character {bad.group(0)!r}"
+    if _SPACE_RE.search(value):
+        return "contains whitespace"
     return None
 
 

@@ -87,7 +87,7 @@ def open_snapshot(repo: Path, rev: str | None = None) -> Snapshot:
     except (KeyError, ValueError, pygit2.GitError) as exc:
         raise SourceError(f"{repo}: unknown revision {rev!r}") from exc
     entries: dict[str, Entry] = {}
-    _walk_tree(git, commit.tree, "", entries)
+    _walk_tree(git, git.odb, commit.tree, "", entries)
     message = commit.message
     info = CommitInfo(
         id=str(commit.id),
@@ -99,14 +99,14 @@ def open_snapshot(repo: Path, rev: str | None = None) -> Snapshot:
     return Snapshot(str(repo), str(commit.id), entries, info, git)
 
 
-def _walk_tree(git: pygit2.Repository, tree: pygit2.Tree, prefix: str, out: dict[str, Entry]) -> None:
+def _walk_tree(git: pygit2.Repository, odb: pygit2.Odb, tree: pygit2.Tree, prefix: str, out: dict[str, Entry]) -> None:
     for item in tree:
         path = f"{prefix}{item.name}"
         mode = item.filemode
         if mode == pygit2.enums.FileMode.TREE:
             subtree = git[item.id]
             assert isinstance(subtree, pygit2.Tree)  # noqa: S101 - mode TREE means a tree object
-            _walk_tree(git, subtree, f"{path}/", out)
+            _walk_tree(git, odb, subtree, f"{path}/", out)
             continue
         if mode == pygit2.enums.FileMode.BLOB:
             kind = EntryKind.FILE
@@ -119,8 +119,9 @@ def _walk_tree(git: pygit2.Repository, tree: pygit2.Tree, prefix: str, out: dict
             continue
         else:
             kind = EntryKind.OTHER
-        blob = git[item.id]
-        out[path] = Entry(path, kind, str(item.id), blob.size if isinstance(blob, pygit2.Blob) else 0)
+        # The object header gives the size without inflating the blob (a cached file is never read).
+        _, size = odb.read_header(item.id)
+        out[path] = Entry(path, kind, str(item.id), size)
 
 
 def _folder_snapshot(root: Path) -> Snapshot:
