@@ -19,6 +19,7 @@ from reconciler import __version__
 from reconciler import logging as rlog
 from reconciler.errors import ReconcilerError
 from reconciler.models import AgentConfig, load_config
+from reconciler.status import AgentState, Status
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 DEFAULT_CONFIG = "/etc/reconciler/config.toml"
@@ -146,6 +147,115 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The long-running agent: watch, reconcile, serve the API; exit 0 after SIGTERM or SIGINT."""
+    import signal
+
+    from reconciler.agent.loop import Agent
+    from reconciler.api.app import create_app, wrap
+    from reconciler.api.auth import read_credential
+    from reconciler.api.server import ApiServer, bind
+
+    cfg = read_config(args.config)
+    token = read_credential(cfg.api.token_file, "[api].token_file")
+    webhook_secret = read_credential(cfg.api.webhook_secret_file, "[api].webhook_secret_file")
+    sock = bind(cfg.api.listen, has_token=token is not None)
+    agent = Agent(cfg, dry_run=args.dry_run)
+    app = create_app(agent, token=token, webhook_secret=webhook_secret, branch=cfg.source.branch)
+    server = ApiServer(wrap(app), sock)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Only a flag (no logging: the handler may interrupt a write to stderr): an apply in
+        # progress runs to its end (or rolls back), then the loop returns.
+        agent.stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    log.info("api.listening", listen=cfg.api.listen, token=token is not None, webhook_secret=webhook_secret is not None)
+    try:
+        agent.run()
+    finally:
+        server.stop()
+    return EXIT_OK
+
+
+def _agent_url(listen: str) -> str:
+    from reconciler.api.server import parse_listen
+
+    host, port = parse_listen(listen)
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard listener is reached on loopback
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"  # noqa: S104
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _status_text(status: Status, origin: str) -> str:
+    def short(rev: str | None) -> str:
+        return (rev or "none")[:12]
+
+    lines = [f"state: {status.state.value}" + (" (dry run)" if status.dry_run else "") + f"  [{origin}]"]
+    lines.append(f"source: {status.source} ({status.branch})")
+    lines.append(f"head: {short(status.head_revision)}   applied: {short(status.applied_revision)}")
+    if status.pending_changes:
+        lines.append(f"pending changes: {status.pending_changes}")
+    if status.next_retry_at:
+        lines.append(f"next retry: {status.next_retry_at.isoformat(timespec='seconds')}")
+    if status.drift:
+        lines.append(f"drift ({len(status.drift)}):")
+        lines.extend(f"  {d.kind} {d.action} {d.target}" for d in status.drift)
+    a = status.last_attempt
+    if a is not None:
+        step = f" at step {a.failed_step}" if a.failed_step else ""
+        lines.append(
+            f"last attempt: {a.result.value}{step} {short(a.revision)} {a.subject or ''} "
+            f"({a.finished_at.isoformat(timespec='seconds')}, {a.duration:.2f} s)"
+        )
+        if a.error:
+            lines.append(f"  error: {a.error}")
+    if status.history:
+        lines.append("history:")
+        for h in status.history[:10]:
+            lines.append(
+                f"  {h.finished_at.isoformat(timespec='seconds')} {h.result.value:<9} {short(h.revision)} "
+                f"{h.trigger:<11} {h.subject or ''}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The running agent's status, else the last one recorded; exit 0 synced, 1 anything else."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from reconciler.agent.history import read_status
+    from reconciler.api.server import ListenError
+
+    cfg = read_config(args.config)
+    status: Status | None = None
+    origin = "agent"
+    try:
+        url = _agent_url(cfg.api.listen) + "/status"
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - http to the configured listen address
+            status = Status.model_validate(json.loads(resp.read()))
+    except (urllib.error.URLError, OSError, ValueError, ListenError) as exc:
+        log.debug("status.agent_unreachable", error=str(exc))
+    if status is None:
+        status = read_status(Path(cfg.state.dir))
+        origin = f"recorded in {cfg.state.dir}; no agent answers at {cfg.api.listen}"
+    if status is None:
+        print(
+            f"reconciler: no agent answers at {cfg.api.listen} and no status is recorded in {cfg.state.dir}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    if args.format == "json":
+        sys.stdout.write(status.model_dump_json(indent=2) + "\n")
+    else:
+        sys.stdout.write(_status_text(status, origin))
+    return EXIT_OK if status.state is AgentState.SYNCED else EXIT_FAIL
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="reconciler", description="GitOps agent for Postfix mail servers")
@@ -167,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", help="reconcile to a revision, transactionally")
     p.add_argument("--rev", help="revision (default: the configured branch head); an explicit revision is retried")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("run", help="the long-running agent: watch, reconcile, serve the API")
+    p.add_argument("--dry-run", action="store_true", help="plan and report (out_of_sync, /diff) but never apply")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="the agent's status (from its API, else as last recorded)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("init-db", help="create or upgrade the MySQL tables")
     p.set_defaults(func=cmd_init_db)

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from reconciler.models import AgentConfig, DomainFile
+from reconciler.status import Status
 
 
 def _schema(model: type[BaseModel]) -> str:
@@ -27,6 +28,7 @@ def generated() -> dict[str, str]:
     return {
         "domain.schema.json": _schema(DomainFile),
         "config.schema.json": _schema(AgentConfig),
+        "status.schema.json": _schema(Status),
         "mysql.sql": resources.files("reconciler").joinpath("sql/mysql.sql").read_text(encoding="utf-8"),
     }
 

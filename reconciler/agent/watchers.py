@@ -1,0 +1,152 @@
+"""Filesystem watchers (watchdog, inotify on Linux): the branch ref of a local source, and the config dir.
+
+Started by the agent loop; each calls back into the trigger queue from watchdog's threads. No
+polling: an idle agent sleeps in inotify reads. Only writes count: opening or reading a file
+(Postfix and the agent's own ``observe`` read every managed file) raises no event.
+
+- ``RefWatcher`` watches ``refs/heads/`` (loose refs, recursively, for branch names with slashes)
+  and ``packed-refs`` of a bare or non-bare repository (or the common dir of a linked work tree),
+  and fires for the configured branch only: git writes ``<ref>.lock`` and renames it into place.
+- ``ConfigWatcher`` watches the Postfix config dir for managed files and their built tables. The
+  apply's own renames (``.NAME.reconciler-new`` / ``-bak`` into ``NAME``) and temporaries are
+  recognised by name and never count as drift; anything else seen while an apply runs is
+  remembered and re-checked after it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pygit2
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+# Events that mean "content, name or metadata changed"; opened/closed-without-write are left out.
+WRITE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+]
+APPLY_MARK = ".reconciler-"  # temporaries and backups of an apply: .NAME.reconciler-{new,bak,src}
+
+
+def git_common_dir(repo_path: Path) -> Path:
+    """Where the refs of the repository at ``repo_path`` live (``.git``, the bare repo, or a common dir)."""
+    git_dir = Path(pygit2.Repository(str(repo_path)).path)
+    common = git_dir / "commondir"
+    if common.is_file():
+        return (git_dir / common.read_text(encoding="utf-8").strip()).resolve()
+    return git_dir
+
+
+def _paths(event: FileSystemEvent) -> list[str]:
+    out = [os.fsdecode(event.src_path)]
+    if isinstance(event, FileMovedEvent) and event.dest_path:
+        out.append(os.fsdecode(event.dest_path))
+    return out
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, callback: Callable[[FileSystemEvent], None]) -> None:
+        super().__init__()
+        self._callback = callback
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        self._callback(event)
+
+
+class RefWatcher:
+    """Calls ``on_move`` whenever ``refs/heads/<branch>`` or ``packed-refs`` of the repository is written."""
+
+    def __init__(self, repo_path: Path, branch: str, on_move: Callable[[], None]) -> None:
+        self.common_dir = git_common_dir(repo_path)
+        self.ref_path = str(self.common_dir / "refs" / "heads" / branch)
+        self.packed_refs = str(self.common_dir / "packed-refs")
+        self._on_move = on_move
+        self._observer = Observer()
+
+    def _event(self, event: FileSystemEvent) -> None:
+        if any(p in (self.ref_path, self.packed_refs) for p in _paths(event)):
+            self._on_move()
+
+    def start(self) -> None:
+        handler = _Handler(self._event)
+        heads = self.common_dir / "refs" / "heads"
+        heads.mkdir(parents=True, exist_ok=True)
+        self._observer.schedule(handler, str(heads), recursive=True, event_filter=WRITE_EVENTS)
+        self._observer.schedule(handler, str(self.common_dir), recursive=False, event_filter=WRITE_EVENTS)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
+
+
+class ConfigWatcher:
+    """Calls ``on_drift`` when a managed file (or a built table of one) changes outside an apply."""
+
+    def __init__(self, config_dir: Path, on_drift: Callable[[], None]) -> None:
+        self.config_dir = config_dir
+        self._on_drift = on_drift
+        self._managed: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+        self._applying = False
+        self._missed = False
+        self._observer = Observer()
+
+    def set_managed(self, names: Iterable[str]) -> None:
+        """The file names the agent manages (from the inventory); their built tables count too."""
+        with self._lock:
+            self._managed = frozenset(names)
+
+    def is_managed(self, name: str) -> bool:
+        if name.startswith(".") or APPLY_MARK in name:
+            return False
+        managed = self._managed
+        return name in managed or any(name.startswith(f"{m}.") for m in managed)
+
+    def _event(self, event: FileSystemEvent) -> None:
+        paths = _paths(event)
+        if isinstance(event, FileMovedEvent) and APPLY_MARK in Path(paths[0]).name:
+            return  # an apply (or a rollback, or recovery) renaming its own file into place
+        if not any(Path(p).parent == self.config_dir and self.is_managed(Path(p).name) for p in paths):
+            return
+        with self._lock:
+            if self._applying:
+                self._missed = True
+                return
+        self._on_drift()
+
+    def applying(self, active: bool) -> None:
+        """Mark the start and end of an apply; events seen during it are re-checked at the end."""
+        with self._lock:
+            self._applying = active
+            missed, self._missed = self._missed, False
+        if not active and missed:
+            self._on_drift()
+
+    def start(self) -> None:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self._observer.schedule(_Handler(self._event), str(self.config_dir), recursive=False, event_filter=WRITE_EVENTS)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
