@@ -25,6 +25,7 @@ import fcntl
 import grp
 import json
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -39,7 +40,7 @@ import structlog
 
 from reconciler.errors import ReconcilerError, TemporaryError
 from reconciler.plan import Action, Plan
-from reconciler.postfix import backdate, postalias, postfix_cmd, postmap
+from reconciler.postfix import ToolResult, backdate, postalias, postfix_cmd, postmap, run_tool
 from reconciler.state import Inventory, StateDir, atomic_write, fsync_dir
 from reconciler.verify import check_health
 
@@ -429,8 +430,7 @@ class Applier:
 
     def _service(self, action: Action) -> None:
         if action is Action.RESTART:
-            postfix_cmd(self.config_dir, "stop", timeout=60)
-            res = postfix_cmd(self.config_dir, "start", timeout=60)
+            res = restart_postfix(self.config_dir)
         else:
             res = postfix_cmd(self.config_dir, "reload", timeout=60)
         if res.returncode != 0:
@@ -522,11 +522,23 @@ def cleanup_temps(config_dir: Path) -> None:
             path.unlink()
 
 
+def restart_postfix(config_dir: Path) -> ToolResult:
+    """Stop and start Postfix; under systemd, the system instance through systemctl.
+
+    A ``postfix start`` run by the agent's service would put the new master into the agent's
+    cgroup and sandbox (ProtectSystem, PrivateTmp); ``systemctl restart postfix`` keeps it in its own.
+    """
+    systemctl = shutil.which("systemctl")
+    if os.environ.get("INVOCATION_ID") and systemctl and config_dir.resolve() == Path("/etc/postfix"):
+        return run_tool([systemctl, "restart", "postfix.service"], timeout=120)
+    postfix_cmd(config_dir, "stop", timeout=60)
+    return postfix_cmd(config_dir, "start", timeout=60)
+
+
 def restore_service(config_dir: Path, *, restart: bool, timeout: float) -> bool:
     """Bring Postfix back on the (restored) old configuration and confirm it is healthy."""
     if restart:
-        postfix_cmd(config_dir, "stop", timeout=60)
-        postfix_cmd(config_dir, "start", timeout=60)
+        restart_postfix(config_dir)
     else:
         postfix_cmd(config_dir, "reload", timeout=60)
     health = check_health(config_dir, timeout)

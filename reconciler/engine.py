@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from reconciler.models import AgentConfig
 from reconciler.observed import observe
 from reconciler.parsecache import ParseCache
 from reconciler.plan import Action, Observed, Plan, desired_from, lazy_domain_rows, plan
-from reconciler.secrets import load_secrets
+from reconciler.secrets import SecretError, load_secrets
 from reconciler.signatures import SignatureRejected, verify_commit
 from reconciler.source import Snapshot, open_snapshot
 from reconciler.state import StateDir
@@ -141,8 +141,18 @@ def diff(cfg: AgentConfig, rev: str | None) -> Planned:
         return planned
 
 
-def apply(cfg: AgentConfig, rev: str | None, *, retry_failed: bool = False) -> tuple[Planned, ApplyResult]:
-    """One transactional reconcile to ``rev`` (default: the branch head)."""
+def apply(
+    cfg: AgentConfig,
+    rev: str | None,
+    *,
+    retry_failed: bool = False,
+    should_apply: Callable[[Planned], bool] | None = None,
+) -> tuple[Planned, ApplyResult]:
+    """One transactional reconcile to ``rev`` (default: the branch head).
+
+    ``should_apply`` sees the plan and may decline it (the agent's drift check without self-heal):
+    the very plan it saw is the one applied, nothing is recomputed in between.
+    """
     snapshot = open_revision(cfg, rev)
     with session(cfg) as (state, conn):
         revision = snapshot.revision or ""
@@ -154,10 +164,12 @@ def apply(cfg: AgentConfig, rev: str | None, *, retry_failed: bool = False) -> t
             )
         try:
             planned = make_plan(cfg, snapshot, state, conn)
+        except SecretError:
+            raise  # a host problem, not the revision's: retried once the secret is in place
         except PermanentError as exc:
             state.record_failed(revision, str(exc))
             raise
-        if planned.plan.empty:
+        if planned.plan.empty or (should_apply is not None and not should_apply(planned)):
             conn.rollback()
             return planned, ApplyResult(changed=False)
         applier = Applier(Path(cfg.postfix.config_dir), state, conn, cfg.postfix.health_timeout)
@@ -167,4 +179,5 @@ def apply(cfg: AgentConfig, rev: str | None, *, retry_failed: bool = False) -> t
             if not exc.temporary:
                 state.record_failed(revision, str(exc))
             raise
+        state.clear_failed(revision)
         return planned, result

@@ -7,6 +7,7 @@ fetch failed). ``Problem`` is one finding of a check, printed as ``path[:line]: 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -19,8 +20,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        # A path or message with a control character (a file named "x\nmain.cf:1: fine") must not
+        # forge a second line of output: such characters are printed escaped.
         where = self.path if self.line is None else f"{self.path}:{self.line}"
-        return f"{where}: {self.message}"
+        return _escape(f"{where}: {self.message}")
 
 
 class ReconcilerError(Exception):
@@ -53,6 +56,13 @@ class SourceError(ReconcilerError):
 
 class ToolError(ReconcilerError):
     """A Postfix or database tool could not be run (missing binary, crash)."""
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 def _problem_key(p: Problem) -> tuple[str, int, str]:

@@ -98,6 +98,8 @@ def _domain_name(v: str) -> str:
 
 
 def _password_hash(v: str) -> str:
+    if len(v) > 255:
+        raise ValueError(f"password hash is {len(v)} characters; virtual_users.password holds at most 255")
     if not _HASH_RE.match(v):
         raise ValueError(
             "password must be a hash with a scheme prefix such as {BLF-CRYPT} or {SHA512-CRYPT}; "

@@ -477,6 +477,9 @@ def mask_live(
             source = b"".join(re.escape(p) if i % 2 == 0 else b"(.*?)" for i, p in enumerate(parts))
             patterns.append((re.compile(source + b"\\Z", re.S), tline, names))
     template_lines = set(template.split(b"\n"))
+    # A hidden line keeps its head (key, parameter name) only where the template has a line with
+    # the same head and no placeholder in it: a head is never a secret then.
+    safe_heads = {_head(t) for t in template_lines if not _SECRET_REF.search(_head(t))} - {b""}
     changed: list[str] = []
     out: list[bytes] = []
     for line in live.split(b"\n"):
@@ -493,7 +496,7 @@ def mask_live(
                 if len(value) >= 4 and value in line:
                     line = line.replace(value, b"${secret:" + name.encode() + b"}")
             if (patterns or secret_file) and line not in template_lines:
-                line = _hide_value(line)
+                line = _hide_value(line, safe_heads)
         out.append(line)
     return b"\n".join(out), tuple(changed)
 
@@ -503,15 +506,26 @@ def _private(live: LiveFile) -> bool:
     return not live.mode & 0o004
 
 
-def _hide_value(line: bytes) -> bytes:
+_HIDDEN = b"<hidden: this file holds secrets>"
+_HEAD_RE = re.compile(rb"(\s*[^\s=:#]+\s*[=:]?\s*)")
+
+
+def _head(line: bytes) -> bytes:
+    m = _HEAD_RE.match(line)
+    return m.group(1).strip() if m else b""
+
+
+def _hide_value(line: bytes, safe_heads: set[bytes]) -> bytes:
     stripped = line.lstrip()
     if not stripped:
         return line
+    indent = line[: len(line) - len(stripped)]
     if stripped.startswith(b"#"):
-        return line[: len(line) - len(stripped) + 1] + b" <hidden: this file holds secrets>"
-    m = re.match(rb"(\s*[^\s=:]+\s*[=:]?\s*)", line)
-    head = m.group(1) if m else b""
-    return head + b"<hidden: this file holds secrets>"
+        return indent + b"# " + _HIDDEN
+    m = _HEAD_RE.match(line)
+    if m and m.group(1).strip() in safe_heads:
+        return m.group(1) + _HIDDEN
+    return indent + _HIDDEN
 
 
 def unified(before: bytes, after: bytes, name: str) -> str:

@@ -74,6 +74,9 @@ def run_tool(argv: Sequence[str], *, timeout: float = 120.0, input_text: str | N
             errors="replace",
             timeout=timeout,
             check=False,
+            # Ctrl-C in a terminal must stop the agent, which then rolls back, not kill a postmap
+            # or postfix child half-way: the tools run in their own session.
+            start_new_session=True,
         )
     except FileNotFoundError as exc:
         raise ToolError(f"{argv[0]} not found: install Debian's postfix package") from exc
@@ -91,7 +94,9 @@ def run_tool_tty_stderr(argv: Sequence[str], *, timeout: float = 120.0) -> ToolR
     """
     primary, secondary = pty.openpty()
     try:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary)
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary, start_new_session=True
+        )
     except FileNotFoundError as exc:
         os.close(primary)
         raise ToolError(f"{argv[0]} not found: install Debian's postfix package") from exc

@@ -101,6 +101,12 @@ class StateDir:
         # Keep the file small: only the most recent failures matter.
         self._write_json("failed.json", dict(list(failed.items())[-50:]))
 
+    def clear_failed(self, revision: str) -> None:
+        """Forget a failure once the revision applied (``apply --rev`` retried it successfully)."""
+        failed = self.failed_revisions()
+        if failed.pop(revision, None) is not None:
+            self._write_json("failed.json", failed)
+
     def _read_json(self, name: str) -> Any:
         try:
             return json.loads((self.path / name).read_text(encoding="utf-8"))

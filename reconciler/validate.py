@@ -45,6 +45,10 @@ _SECRET_REF = re.compile(rb"\$\{secret:[^}]*\}")
 _LINE_REF = re.compile(r"(?P<path>/[^\s,:]+)(?::|,) line (?P<line>\d+):? ?")
 _FILE_REF = re.compile(r"(?P<path>/[^\s,:]+): ")
 _QUOTED_LINE = re.compile(r' in "(.+)"$')
+_QUOTED_TAIL = re.compile(r': "(.+)"$')
+# Postfix expands %s, %u, %d, %S, %U, %D and %1..%9 in a mysql query; unquoted, the lookup key is
+# spliced into the SQL as is.
+_EXPANSION = re.compile(r"%[sudSUD1-9]")
 _UNUSED = re.compile(r"unused parameter: (?P<name>[\w]+)=")
 _UNDEFINED = re.compile(r"undefined parameter: (?P<name>[\w]+)")
 
@@ -298,12 +302,16 @@ def mysql_cf_problems(path: str, text: str) -> list[Problem]:
     """Check a mysql_table(5) file: known keys only, hosts/dbname/user/query present and non-empty."""
     problems: list[Problem] = []
     seen: dict[str, tuple[int, str]] = {}
+    query_lines: list[tuple[int, str]] = []  # physical lines of the query, for the expansion check
+    key = ""
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if raw[:1].isspace():
-            continue  # continuation of the previous value, as in main.cf
+            if key == "query":  # continuation of the previous value, as in main.cf
+                query_lines.append((number, line))
+            continue
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep:
@@ -314,6 +322,8 @@ def mysql_cf_problems(path: str, text: str) -> list[Problem]:
         if key in seen:
             problems.append(Problem(path, number, f"{key} is set twice (first at line {seen[key][0]})"))
         seen[key] = (number, value.strip())
+        if key == "query":
+            query_lines = [(number, value.strip())]
     for key in ("hosts", "user", "dbname"):
         if key not in seen:
             problems.append(Problem(path, None, f"{key} is not set"))
@@ -321,6 +331,16 @@ def mysql_cf_problems(path: str, text: str) -> list[Problem]:
             problems.append(Problem(path, seen[key][0], f"{key} is empty"))
     if "query" not in seen and "table" not in seen:
         problems.append(Problem(path, None, "query is not set"))
+    for number, part in query_lines:
+        if _unquoted_expansion(part):
+            problems.append(
+                Problem(
+                    path,
+                    number,
+                    "query uses a %s-style expansion outside single quotes: every lookup key would be "
+                    "spliced into the SQL unquoted; write '%s'",
+                )
+            )
     if "hosts" in seen:
         for host in seen["hosts"][1].replace(",", " ").split():
             if host.startswith("unix:") or (host.startswith("/") and not host.startswith("inet:")):
@@ -333,6 +353,24 @@ def mysql_cf_problems(path: str, text: str) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def _unquoted_expansion(query: str) -> bool:
+    """Whether a mysql_table(5) query has an expansion outside a single-quoted SQL string."""
+    outside: list[str] = []
+    quoted = False
+    i = 0
+    while i < len(query):
+        ch = query[i]
+        if ch == "'":
+            if quoted and query[i + 1 : i + 2] == "'":  # '' inside a string
+                i += 2
+                continue
+            quoted = not quoted
+        elif not quoted:
+            outside.append(ch)
+        i += 1
+    return bool(_EXPANSION.search("".join(outside).replace("%%", "")))
 
 
 class _LineMapper:
@@ -393,6 +431,9 @@ class _LineMapper:
                 elif (d := _UNDEFINED.search(message)) is not None:
                     line = self._reference_line(d["name"], name)
                     message = f"${d['name']} is used but never defined"
+                elif (q := _QUOTED_TAIL.search(message)) is not None:
+                    found = self._find_line(q.group(1), (name,))
+                    line = found[1] if found else None
                 yield Problem(POSTFIX_DIR + name, line, message)
                 continue
             quoted = _QUOTED_LINE.search(text)
@@ -404,10 +445,10 @@ class _LineMapper:
                 POSTFIX_DIR + "main.cf", None, f"{diag.level}: {text.replace(self._stage, '$config_directory')}"
             )
 
-    def _find_line(self, quoted: str) -> tuple[str, int] | None:
+    def _find_line(self, quoted: str, names: tuple[str, ...] = ("master.cf", "main.cf")) -> tuple[str, int] | None:
         """The file and line holding a line Postfix quoted (whitespace folded)."""
         want = " ".join(quoted.split())
-        for name in ("master.cf", "main.cf"):
+        for name in names:
             for number, line in enumerate(self._text_lines(name), start=1):
                 if " ".join(line.split()) == want:
                     return name, number

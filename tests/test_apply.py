@@ -214,3 +214,19 @@ def test_dry_run_changes_nothing(mailhost: MailHost) -> None:
     assert "+ virtual_users create dry@example.net" in text
     assert "table rebuild: hash:canonical" in text
     assert "file update: generic" in text
+
+
+def test_inet_interfaces_change_restarts_postfix(mailhost: MailHost) -> None:
+    """A change of inet_interfaces stops and starts the master (a reload would not take it) and stays healthy."""
+    host = mailhost
+    assert host.cli("apply").returncode == 0
+    pid_file = host.postfix.queue_dir / "pid" / "master.pid"
+    before = pid_file.read_text().strip()
+    host.edit("postfix/main.cf", lambda t: t.replace("inet_interfaces = 127.0.0.1", "inet_interfaces = loopback-only"))
+    host.commit("listen on loopback-only")
+    assert "restart" in host.cli("diff").stdout
+    res = host.cli("apply")
+    assert res.returncode == 0, res.stderr
+    assert "postfix restart" in res.stdout
+    assert pid_file.read_text().strip() != before
+    assert host.rcpt("john@example.org") == 250

@@ -12,7 +12,6 @@ import json
 import string
 
 import pymysql.converters
-import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -164,11 +163,6 @@ def test_parse_domain_file_accepts_only_safe_values(document: str) -> None:
     _check_accepted("domains/fuzz.example.yaml", document.encode("utf-8"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_domain_file raises UnicodeDecodeError on invalid UTF-8 instead of returning a problem "
-    "(unreachable from build_desired, which runs text_problems first)",
-)
 @FUZZ
 @given(st.binary(max_size=200))
 @example(b"domain: fuzz.example\n# caf\xe9\n")
@@ -348,11 +342,6 @@ def test_mask_live_never_prints_a_secret(case: tuple[bytes, bytes, dict[str, byt
     _check_masking(case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mask_live shows a line it cannot match up to its first separator: a secret in the first token "
-    "(a map key, 'a,SECRET', or a bare hand-written credential) is printed",
-)
 @FUZZ
 @given(masking_cases(secret_in_key=True))
 @example((b"${secret:pw} OK\n", b"OLDVALUE OK!\n", {"pw": b"NEWVALUE"}, {"pw": b"OLDVALUE"}, True))

@@ -250,14 +250,14 @@ CASES = [
     Hostile("symlink-to-parent-dir", _symlink(CANONICAL, "../"), CANONICAL, None, "symbolic links are not allowed"),
     Hostile("symlink-domain-file", _symlink("domains/evil.example.yaml", "example.org.yaml"), "domains/evil.example.yaml", None, "symbolic links are not allowed"),
     Hostile("symlink-dir-in-postfix", _symlink("postfix/sasl", "/etc"), "postfix/sasl", None, "symbolic links are not allowed"),
-    Hostile("symlinked-domains-dir", _symlinked_dir("domains", "real-domains", keep_as="real-domains"), "domains", None, "symbolic links are not allowed", bug="a top-level symlink 'domains' is skipped silently: every domain vanishes; only max_delete_fraction refuses it, as a mass delete"),
-    Hostile("symlinked-postfix-dir", _symlinked_dir("postfix", "/etc/postfix"), "postfix", None, "symbolic links are not allowed", bug="a top-level symlink 'postfix' is skipped silently: refused only as 'required file is missing'"),
+    Hostile("symlinked-domains-dir", _symlinked_dir("domains", "real-domains", keep_as="real-domains"), "domains", None, "symbolic links are not allowed"),
+    Hostile("symlinked-postfix-dir", _symlinked_dir("postfix", "/etc/postfix"), "postfix", None, "symbolic links are not allowed"),
     Hostile("submodule-in-domains", _nothing, "domains/vendor", None, "submodules are not allowed", craft=_gitlink("domains/vendor")),
     Hostile("submodule-in-postfix", _nothing, "postfix/vendor", None, "submodules are not allowed", craft=_gitlink("postfix/vendor")),
     Hostile("tree-entry-named-dotdot", _nothing, "postfix/../shadow", None, "only files directly inside", craft=_dotdot_tree("postfix", "shadow")),
     Hostile("name-starting-with-dotdot", _write("postfix/..canonical", "a b\n"), "postfix/..canonical", None, "unexpected file name"),
     Hostile("name-with-space", _write("postfix/my map", "a b\n"), "postfix/my map", None, "unexpected file name"),
-    Hostile("name-with-newline", _write("postfix/x\nmain.cf:1: fine", "a b\n"), "", None, r"^postfix/\S*x\S*main\.cf:1: fine\S*: unexpected file name", bug="a path with a newline is printed raw: the problem line can be forged (print paths escaped, e.g. repr or \\n)"),
+    Hostile("name-with-newline", _write("postfix/x\nmain.cf:1: fine", "a b\n"), "", None, r"^postfix/\S*x\S*main\.cf:1: fine\S*: unexpected file name"),
     Hostile("name-with-quote", _write("postfix/it's", "a b\n"), "postfix/it's", None, "unexpected file name"),
     Hostile("name-with-dollar", _write("postfix/$config_directory", "a b\n"), "postfix/$config_directory", None, "unexpected file name"),
     Hostile("name-with-semicolon", _write("postfix/a;rm -rf", "a b\n"), "postfix/a;rm -rf", None, "unexpected file name"),
@@ -300,28 +300,28 @@ CASES = [
     Hostile("source-sql-no-spaces", _write(HOSTILE_DOMAIN, _alias("x';DROP/**/TABLE/**/virtual_aliases;--@hostile.example", "a@example.org")), HOSTILE_DOMAIN, 3, "invalid local part"),
     Hostile("domain-sql-drop-table", _write(HOSTILE_DOMAIN, "domain: \"hostile.example'; DROP TABLE virtual_domains; --\"\n"), HOSTILE_DOMAIN, 1, "whitespace"),
     Hostile("password-sql-drop-table", _write(HOSTILE_DOMAIN, _mailbox("a@hostile.example").replace(HASH, "{BLF-CRYPT}'; DROP TABLE virtual_users; --")), HOSTILE_DOMAIN, 4, "password must be a hash"),
-    Hostile("password-longer-than-column", _write(HOSTILE_DOMAIN, _mailbox("a@hostile.example").replace(HASH, "{BLF-CRYPT}" + "x" * 300)), HOSTILE_DOMAIN, 4, "password", bug="a 311-character hash passes validation; virtual_users.password is VARCHAR(255): the apply fails at the rows step (Data too long) instead of naming the line"),
+    Hostile("password-longer-than-column", _write(HOSTILE_DOMAIN, _mailbox("a@hostile.example").replace(HASH, "{BLF-CRYPT}" + "x" * 300)), HOSTILE_DOMAIN, 4, "password"),
     # -- secrets ---------------------------------------------------------------------------------
     Hostile("secret-path-traversal", _append(RELAY, "[evil.example]:587 u:${secret:../../etc/passwd}\n"), RELAY, LAST, "invalid secret name '../../etc/passwd'"),
     Hostile("secret-absolute-path", _append(RELAY, "[evil.example]:587 u:${secret:/etc/shadow}\n"), RELAY, LAST, "invalid secret name '/etc/shadow'"),
     Hostile("secret-undefined", _append(RELAY, "[evil.example]:587 u:${secret:nonexistent}\n"), "", None, r"^reconciler: secret\(s\) not found in /\S+: nonexistent$"),
     # -- lines Postfix would misread -------------------------------------------------------------
-    Hostile("map-starts-with-continuation", _prepend(CANONICAL, "  root evil@example.net\n"), CANONICAL, 1, "logical line must not start with whitespace", bug="refused, but without the line: Postfix quotes the line instead of numbering it and the validator does not map the quote back"),
+    Hostile("map-starts-with-continuation", _prepend(CANONICAL, "  root evil@example.net\n"), CANONICAL, 1, "logical line must not start with whitespace"),
     Hostile("map-key-without-value", _append(CANONICAL, "lonelykey\n"), CANONICAL, LAST, "expected format: key whitespace value"),
     Hostile("aliases-without-colon", _append("postfix/aliases", "root evil@example.net\n"), "postfix/aliases", LAST, "need name:value pair"),
-    Hostile("main-cf-starts-with-continuation", _prepend(MAIN, "  myhostname = evil.example\n"), MAIN, 1, "logical line must not start with whitespace", bug="refused, but without the line: Postfix quotes the line instead of numbering it and the validator does not map the quote back"),
+    Hostile("main-cf-starts-with-continuation", _prepend(MAIN, "  myhostname = evil.example\n"), MAIN, 1, "logical line must not start with whitespace"),
     Hostile("main-cf-key-without-value", _append(MAIN, "lonely_parameter\n"), MAIN, LAST, "missing '=' after attribute name"),
-    Hostile("mysql-query-unquoted-expansion", _edit(ALIAS_CF, "WHERE source='%s'\n", "WHERE source=%s\n"), ALIAS_CF, 17, "%s", bug="an unquoted %s in a mysql_table(5) query is applied: every lookup key is spliced into SQL raw, each virtual alias lookup is a syntax error (451 Temporary lookup failure)"),
+    Hostile("mysql-query-unquoted-expansion", _edit(ALIAS_CF, "WHERE source='%s'\n", "WHERE source=%s\n"), ALIAS_CF, 16, "%s"),
     # -- YAML bombs, tags, nesting, size ---------------------------------------------------------
     Hostile("yaml-billion-laughs", _write(HOSTILE_DOMAIN, _laughs()), HOSTILE_DOMAIN, 2, "unknown key 'x'", seconds=10, memory_mb=256),
     Hostile("yaml-merge-key-bomb", _write(HOSTILE_DOMAIN, _merge_bomb()), HOSTILE_DOMAIN, 4, "invalid YAML", seconds=10, memory_mb=256),
     Hostile("yaml-python-object-tag", _write(HOSTILE_DOMAIN, 'domain: !!python/object/apply:os.system ["touch /tmp/pwned"]\n'), HOSTILE_DOMAIN, 1, "could not determine a constructor"),
     Hostile("yaml-binary-tag", _write(HOSTILE_DOMAIN, "domain: !!binary aG9zdGlsZS5leGFtcGxl\n"), HOSTILE_DOMAIN, 1, "Input should be a valid string"),
     Hostile("yaml-deep-nesting", _write(HOSTILE_DOMAIN, "domain: hostile.example\nmailboxes: " + "[" * 100000 + "]" * 100000 + "\n"), HOSTILE_DOMAIN, 2, "maximum nesting depth", seconds=10, memory_mb=256),
-    Hostile("yaml-many-keys", _write(HOSTILE_DOMAIN, _many_keys(15000)), HOSTILE_DOMAIN, 15001, "unknown key 'key14999'", seconds=3, memory_mb=256, bug="one problem per unknown key looks up its line by a linear scan of the mapping: quadratic, 15k keys take ~5 s, 1M keys (a 14 MB file) hours"),
+    Hostile("yaml-many-keys", _write(HOSTILE_DOMAIN, _many_keys(15000)), HOSTILE_DOMAIN, None, "15000 problems; only the first 1000 are listed", seconds=3, memory_mb=256),
     # -- cross-domain rules ----------------------------------------------------------------------
     Hostile("alias-cycle-across-domains", _both(_append("domains/example.org.yaml", LOOP.format(a="org", b="com")), _append("domains/example.com.yaml", LOOP.format(a="com", b="org"))), "domains/example.com.yaml", COM_LINES + 1, "alias cycle: loop@example.com -> loop@example.org -> loop@example.com"),
-    Hostile("alias-cycle-through-catch-alls", _both(_append("domains/example.net.yaml", CATCH_ALL_LOOP.format(a="net", b="com")), _append("domains/example.com.yaml", CATCH_ALL_LOOP.format(a="com", b="net"))), "domains/example.com.yaml", None, "alias cycle", bug="catch-all rows are not edges of the cycle check: mail to any unknown address of either domain loops (cleanup: unreasonable virtual_alias_maps map nesting, 451)"),
+    Hostile("alias-cycle-through-catch-alls", _both(_append("domains/example.net.yaml", CATCH_ALL_LOOP.format(a="net", b="com")), _append("domains/example.com.yaml", CATCH_ALL_LOOP.format(a="com", b="net"))), "domains/example.com.yaml", None, "alias cycle"),
 ]  # fmt: skip
 
 
@@ -475,11 +475,6 @@ def test_relay_secret_never_leaked(corpus: Corpus) -> None:
         assert value not in host.postfix.maillog_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mask_live shows an unmatched line of a secret file up to its first separator: a rotated secret "
-    "that is the line's key (first token) is printed by diff",
-)
 def test_rotated_secret_used_as_a_key_is_not_printed_by_diff(corpus: Corpus) -> None:
     """A secret used as a map key, rotated while its line changes, is not printed by diff (old or new value)."""
     host = corpus.host

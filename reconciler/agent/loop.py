@@ -330,21 +330,36 @@ class Agent:
         run = replace(run, revision=head, subject=meta.subject, author=meta.author)
         cfg = self.source.engine_config
         planned_changes = 0
-        try:
-            if self.dry_run or not (head_moved or Reason.SYNC in reasons):
-                planned = engine.diff(cfg, head)
-                planned_changes = _count(planned.plan)
-                if self.dry_run or planned.plan.empty or not self.cfg.policy.self_heal:
-                    self._planned(head, head_moved, planned.plan, run)
-                    return
+        declined: list[Plan] = []
+        drift_only = not (head_moved or Reason.SYNC in reasons)
+
+        def should_apply(planned: engine.Planned) -> bool:
+            # Called by engine.apply with the plan it is about to execute: the plan shown as drift
+            # (or declined without self-heal) is exactly the plan applied, never a second one.
+            nonlocal planned_changes
+            planned_changes = _count(planned.plan)
+            if drift_only and not self.cfg.policy.self_heal:
+                declined.append(planned.plan)
+                return False
+            if drift_only:
                 log.info("drift.detected", items=[d.target for d in drift_items(planned.plan)], self_heal=True)
             self._set_state(AgentState.APPLYING)
             self.config_watcher.applying(True)
+            return True
+
+        try:
+            if self.dry_run:
+                planned = engine.diff(cfg, head)
+                self._planned(head, head_moved, planned.plan, run)
+                return
             try:
-                planned, result = engine.apply(cfg, head)
+                planned, result = engine.apply(cfg, head, should_apply=should_apply)
             finally:
                 self.config_watcher.applying(False)
                 self.config_watcher.set_managed(self.state_dir.read_inventory().files)
+            if declined or (drift_only and not result.changed):
+                self._planned(head, head_moved, declined[0] if declined else planned.plan, run)
+                return
         except Exception as exc:
             outcome = classify(exc)
             self._failed_attempt(outcome, run, planned_changes)
