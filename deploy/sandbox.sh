@@ -28,14 +28,40 @@ echo "==> starting the sandbox in $SANDBOX_DIR"
 echo "==> creating the tables"
 .venv/bin/reconciler --config "$SANDBOX_DIR/config.toml" init-db
 
-echo "==> dry run, then apply of the branch head"
-.venv/bin/reconciler --config "$SANDBOX_DIR/config.toml" diff >/dev/null || true
-.venv/bin/reconciler --config "$SANDBOX_DIR/config.toml" apply
+echo "==> dry run of the branch head"
+.venv/bin/reconciler --config "$SANDBOX_DIR/config.toml" diff >"$SANDBOX_DIR/first-diff.txt" || true
+grep -E '^(revision|postfix:)' "$SANDBOX_DIR/first-diff.txt" || true
+
+echo "==> starting the agent (it applies the branch head, then watches the repository and the live state)"
+if [ -f "$SANDBOX_DIR/agent.pid" ] && kill -0 "$(cat "$SANDBOX_DIR/agent.pid")" 2>/dev/null; then
+  kill "$(cat "$SANDBOX_DIR/agent.pid")"
+  while kill -0 "$(cat "$SANDBOX_DIR/agent.pid")" 2>/dev/null; do sleep 0.1; done
+fi
+setsid .venv/bin/reconciler --config "$SANDBOX_DIR/config.toml" run >"$SANDBOX_DIR/agent.log" 2>&1 </dev/null &
+echo $! >"$SANDBOX_DIR/agent.pid"
+LISTEN="$(sed -n 's/^listen = "\(.*\)"$/\1/p' "$SANDBOX_DIR/config.toml")"
+STATUS_URL="http://$LISTEN/status"
+for _ in $(seq 1 100); do
+  if .venv/bin/reconciler --config "$SANDBOX_DIR/config.toml" status >/dev/null 2>&1; then break; fi
+  sleep 0.2
+done
+.venv/bin/reconciler --config "$SANDBOX_DIR/config.toml" status || {
+  echo "sandbox: the agent is not synced yet; see $SANDBOX_DIR/agent.log" >&2
+}
+BARE="$(sed -n 's/^url = "\(.*\)"$/\1/p' "$SANDBOX_DIR/config.toml")"
 
 cat <<EOT
 
-Sandbox ready. Try:
-  .venv/bin/reconciler --config $SANDBOX_DIR/config.toml diff
-  .venv/bin/python -m reconciler.sandbox status --dir $SANDBOX_DIR
-  .venv/bin/python -m reconciler.sandbox down --dir $SANDBOX_DIR
+Sandbox ready: private MariaDB and Postfix under $SANDBOX_DIR, agent running (pid $(cat "$SANDBOX_DIR/agent.pid")).
+  status:   $STATUS_URL     (also: .venv/bin/reconciler --config $SANDBOX_DIR/config.toml status)
+  diff:     http://$LISTEN/diff      metrics: http://$LISTEN/metrics
+  agent log: $SANDBOX_DIR/agent.log
+
+Push a change and watch it go live:
+  git clone -q $BARE /tmp/mail-config && cd /tmp/mail-config
+  \$EDITOR domains/example.net.yaml          # add a mailbox
+  git commit -qam "add a mailbox" && git push -q origin main
+  curl -s $STATUS_URL
+
+Stop everything: kill \$(cat $SANDBOX_DIR/agent.pid); .venv/bin/python -m reconciler.sandbox down --dir $SANDBOX_DIR
 EOT
