@@ -9,14 +9,35 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pymysql.connections
+import structlog
 
 from reconciler.errors import TemporaryError
 from reconciler.models import MysqlConfig
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+log = structlog.get_logger("reconciler.db")
+
+
+# The per-domain digests over every row; the triggers of mysql.sql keep reconciler_digest equal to it.
+DIGEST_JOINS = """
+LEFT JOIN (SELECT domain_id, COUNT(*) AS n,
+                  BIT_XOR(CAST(CONV(LEFT(MD5(CONCAT(email, CHAR(0 USING utf8mb4), password)), 16), 16, 10)
+                          AS UNSIGNED)) AS x
+           FROM virtual_users GROUP BY domain_id) u ON u.domain_id = d.id
+LEFT JOIN (SELECT domain_id, COUNT(*) AS n,
+                  BIT_XOR(CAST(CONV(LEFT(MD5(CONCAT(source, CHAR(0 USING utf8mb4), destination)), 16), 16, 10)
+                          AS UNSIGNED)) AS x
+           FROM virtual_aliases GROUP BY domain_id) a ON a.domain_id = d.id
+"""
+_REBUILD_SQL = (
+    "INSERT INTO reconciler_digest (domain_id, users_n, users_x, aliases_n, aliases_x) "
+    "SELECT d.id, COALESCE(u.n, 0), COALESCE(u.x, 0), COALESCE(a.n, 0), COALESCE(a.x, 0) "
+    "FROM virtual_domains d " + DIGEST_JOINS
+)
 
 
 def read_password(path: str) -> str:
@@ -53,19 +74,54 @@ def connect(cfg: MysqlConfig, *, autocommit: bool = False) -> pymysql.connection
 
 
 def schema_statements() -> list[str]:
-    """The DDL of SPEC section 2, statement by statement."""
+    """The DDL of SPEC section 2, statement by statement (``DELIMITER`` lines as the client reads them)."""
     text = resources.files("reconciler").joinpath("sql/mysql.sql").read_text(encoding="utf-8")
-    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    return [stmt.strip() for stmt in body.split(";") if stmt.strip()]
+    statements: list[str] = []
+    delimiter = ";"
+    current: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.upper().startswith("DELIMITER "):
+            delimiter = stripped.split(None, 1)[1]
+            continue
+        if not current and (not stripped or stripped.startswith("--")):
+            continue
+        current.append(line)
+        if stripped.endswith(delimiter):
+            stmt = "\n".join(current).strip()
+            statements.append(stmt[: -len(delimiter)].strip())
+            current = []
+    return statements
 
 
-def init_db(conn: pymysql.connections.Connection[pymysql.cursors.Cursor]) -> None:
-    """Create the tables if missing and record the schema version; safe to run any number of times."""
+def init_db(conn: pymysql.connections.Connection[pymysql.cursors.Cursor]) -> bool:
+    """Create the tables (and the digest triggers) if missing; safe to run any number of times.
+
+    Returns whether the digest triggers exist. Without the TRIGGER privilege (or with binary
+    logging and no SUPER) they cannot be created: the agent then hashes every row on each check.
+    """
+    triggers = True
     with conn.cursor() as cur:
         for stmt in schema_statements():
+            if stmt.upper().startswith("CREATE TRIGGER"):
+                try:
+                    cur.execute(stmt)
+                except pymysql.err.MySQLError as exc:
+                    triggers = False
+                    log.warning("init_db.no_triggers", error=str(exc.args[-1]))
+                continue
             cur.execute(stmt)
+        if triggers:
+            rebuild_digests(cur)
         cur.execute(
             "INSERT INTO reconciler_state (name, value) VALUES (%s, %s) ON DUPLICATE KEY UPDATE value = VALUES(value)",
             ("schema_version", SCHEMA_VERSION),
         )
     conn.commit()
+    return triggers
+
+
+def rebuild_digests(cur: Any) -> None:
+    """Recompute ``reconciler_digest`` from every row (in the caller's transaction)."""
+    cur.execute("DELETE FROM reconciler_digest")
+    cur.execute(_REBUILD_SQL)

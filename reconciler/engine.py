@@ -110,7 +110,7 @@ def check_deletions(cfg: AgentConfig, snapshot: Snapshot, result: Plan, observed
     )
 
 
-def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any) -> Planned:
+def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, *, full_scan: bool = False) -> Planned:
     """Check the signature, validate the revision, observe the host, plan and apply the policies.
 
     Raises ``PermanentError`` subclasses (``InvalidRevision``, ``SignatureRejected``,
@@ -125,18 +125,23 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any) 
     secrets = load_secrets(cfg.secrets.dir, names)
     rows = {name: lazy_domain_rows(data) for name, data in validated.desired.domains.items()}
     desired = desired_from(snapshot.revision, validated.desired.files, validated.tables, rows, secrets)
-    observed = observe(Path(cfg.postfix.config_dir), desired, state.read_inventory(), conn, secrets)
+    observed = observe(
+        Path(cfg.postfix.config_dir), desired, state.read_inventory(), conn, secrets, full_scan=full_scan
+    )
     result = plan(desired, observed)
     check_deletions(cfg, snapshot, result, observed)
     log.info("plan.done", changes=len(result.changes), seconds=round(time.monotonic() - started, 3))
     return Planned(snapshot, result, observed)
 
 
-def diff(cfg: AgentConfig, rev: str | None) -> Planned:
-    """The dry run: everything ``apply`` does up to the plan, and nothing after."""
+def diff(cfg: AgentConfig, rev: str | None, *, full_scan: bool = False) -> Planned:
+    """The dry run: everything ``apply`` does up to the plan, and nothing after.
+
+    ``full_scan`` hashes every row instead of trusting the trigger-kept digests (periodic checks).
+    """
     snapshot = open_revision(cfg, rev)
     with session(cfg) as (state, conn):
-        planned = make_plan(cfg, snapshot, state, conn)
+        planned = make_plan(cfg, snapshot, state, conn, full_scan=full_scan)
         conn.rollback()
         return planned
 
@@ -147,6 +152,7 @@ def apply(
     *,
     retry_failed: bool = False,
     should_apply: Callable[[Planned], bool] | None = None,
+    full_scan: bool = False,
 ) -> tuple[Planned, ApplyResult]:
     """One transactional reconcile to ``rev`` (default: the branch head).
 
@@ -163,7 +169,7 @@ def apply(
                 "it is not retried until the branch moves on"
             )
         try:
-            planned = make_plan(cfg, snapshot, state, conn)
+            planned = make_plan(cfg, snapshot, state, conn, full_scan=full_scan)
         except SecretError:
             raise  # a host problem, not the revision's: retried once the secret is in place
         except PermanentError as exc:

@@ -16,25 +16,28 @@ from pathlib import Path
 from typing import Any
 
 import pymysql.cursors
+import structlog
 
+from reconciler.db import DIGEST_JOINS, rebuild_digests
 from reconciler.plan import Desired, DomainRows, LiveFile, Observed, TableDecl
 from reconciler.postfix import postfix_cmd
 from reconciler.state import Inventory
 
-_DIGEST_SQL = """
-SELECT d.name,
-       COALESCE(u.n, 0), COALESCE(u.x, 0),
-       COALESCE(a.n, 0), COALESCE(a.x, 0)
-FROM virtual_domains d
-LEFT JOIN (SELECT domain_id, COUNT(*) AS n,
-                  BIT_XOR(CAST(CONV(LEFT(MD5(CONCAT(email, CHAR(0 USING utf8mb4), password)), 16), 16, 10)
-                          AS UNSIGNED)) AS x
-           FROM virtual_users GROUP BY domain_id) u ON u.domain_id = d.id
-LEFT JOIN (SELECT domain_id, COUNT(*) AS n,
-                  BIT_XOR(CAST(CONV(LEFT(MD5(CONCAT(source, CHAR(0 USING utf8mb4), destination)), 16), 16, 10)
-                          AS UNSIGNED)) AS x
-           FROM virtual_aliases GROUP BY domain_id) a ON a.domain_id = d.id
+log = structlog.get_logger("reconciler.observed")
+
+_DIGEST_SQL = f"""
+SELECT d.name, COALESCE(u.n, 0), COALESCE(u.x, 0), COALESCE(a.n, 0), COALESCE(a.x, 0)
+FROM virtual_domains d {DIGEST_JOINS}
+"""  # noqa: S608 - a constant: no value is formatted into it
+_STORED_DIGEST_SQL = """
+SELECT d.name, COALESCE(g.users_n, 0), COALESCE(g.users_x, 0), COALESCE(g.aliases_n, 0), COALESCE(g.aliases_x, 0)
+FROM virtual_domains d LEFT JOIN reconciler_digest g ON g.domain_id = d.id
 """
+_TRIGGER_COUNT_SQL = (
+    "SELECT COUNT(*) FROM information_schema.TRIGGERS "
+    "WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE 'reconciler\\_%%'"
+)
+DIGEST_TRIGGERS = 7
 
 
 def _group_name(gid: int) -> str:
@@ -81,11 +84,42 @@ def postfix_running(config_dir: Path) -> bool:
     return postfix_cmd(config_dir, "status", timeout=30).returncode == 0
 
 
-def domain_digests(conn: Any) -> dict[str, tuple[int, int, int, int]]:
-    """Per-domain (user count, digest, alias count, digest), computed by the server."""
+Digests = dict[str, tuple[int, int, int, int]]
+
+
+def _digests(cur: Any, sql: str) -> Digests:
+    cur.execute(sql)
+    return {str(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in cur.fetchall()}
+
+
+def domain_digests(conn: Any, *, full_scan: bool = False) -> Digests:
+    """Per-domain (user count, digest, alias count, digest) of the live rows.
+
+    With the triggers of schemas/mysql.sql in place, read from ``reconciler_digest`` (one row a
+    domain), after checking its counts against the tables: a write that fires no trigger
+    (TRUNCATE, a load with triggers off) falls back to hashing every row, as ``full_scan`` does
+    (the agent's periodic row check). A stored table found wrong is rebuilt; it is the agent's own
+    bookkeeping, not a managed row.
+    """
     with conn.cursor() as cur:
-        cur.execute(_DIGEST_SQL)
-        return {str(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in cur.fetchall()}
+        cur.execute(_TRIGGER_COUNT_SQL)
+        row = cur.fetchone()
+        triggers = row is not None and int(row[0]) == DIGEST_TRIGGERS
+        if triggers and not full_scan:
+            stored = _digests(cur, _STORED_DIGEST_SQL)
+            cur.execute("SELECT (SELECT COUNT(*) FROM virtual_users), (SELECT COUNT(*) FROM virtual_aliases)")
+            counts = cur.fetchone()
+            if counts is not None and (
+                int(counts[0]) == sum(d[0] for d in stored.values())
+                and int(counts[1]) == sum(d[2] for d in stored.values())
+            ):
+                return stored
+        scanned = _digests(cur, _DIGEST_SQL)
+        if triggers and scanned != _digests(cur, _STORED_DIGEST_SQL):
+            log.warning("digests.rebuilt", reason="reconciler_digest disagreed with the rows")
+            rebuild_digests(cur)
+            conn.commit()
+        return scanned
 
 
 def domain_rows(conn: Any, names: list[str]) -> dict[str, DomainRows]:
@@ -123,6 +157,8 @@ def observe(
     inventory: Inventory,
     conn: Any,
     secrets: Mapping[str, bytes],
+    *,
+    full_scan: bool = False,
 ) -> Observed:
     """Everything ``plan`` needs of the live host; reads only."""
     names = set(desired.files) | set(inventory.files)
@@ -131,7 +167,7 @@ def observe(
         live = read_live_file(config_dir / name)
         if live is not None:
             files[name] = live
-    digests = domain_digests(conn)
+    digests = domain_digests(conn, full_scan=full_scan)
     # A domain is unchanged only when spelled exactly alike: a case-only difference is a rename.
     unchanged = frozenset(n for n, rows in desired.domains.items() if digests.get(n) == rows.digest())
     differing = sorted(set(digests) - unchanged)

@@ -51,7 +51,7 @@ from reconciler.postfix import run_tool_tty_stderr
 DATABASE: Final = "mailserver"
 AGENT_USER: Final = "reconciler"
 LOOKUP_USER: Final = "mailuser"
-AGENT_PRIVILEGES: Final = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES"
+AGENT_PRIVILEGES: Final = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES, TRIGGER"
 SANDBOX_HOSTNAME: Final = "sandbox.test"
 # Secret that a sandboxed mysql-*.cf reads its password from when the repository wrote it literally.
 LOOKUP_PASSWORD_SECRET: Final = "sandbox-mysql-lookup-password"  # noqa: S105 - a secret's name

@@ -353,7 +353,9 @@ class Agent:
                 self._planned(head, head_moved, planned.plan, run)
                 return
             try:
-                planned, result = engine.apply(cfg, head, should_apply=should_apply)
+                # The periodic row check hashes every row; other checks trust the trigger-kept digests.
+                full_scan = Reason.DRIFT_TIMER in reasons
+                planned, result = engine.apply(cfg, head, should_apply=should_apply, full_scan=full_scan)
             finally:
                 self.config_watcher.applying(False)
                 self.config_watcher.set_managed(self.state_dir.read_inventory().files)
