@@ -38,6 +38,7 @@ from typing import Any
 import pymysql.err
 import structlog
 
+from reconciler.db import rebuild_digests
 from reconciler.errors import ReconcilerError, TemporaryError
 from reconciler.plan import Action, Plan
 from reconciler.postfix import ToolResult, backdate, postalias, postfix_cmd, postmap, run_tool
@@ -49,6 +50,7 @@ log = structlog.get_logger("reconciler.apply")
 NEW = ".reconciler-new"
 BAK = ".reconciler-bak"
 LOCK_NAME_PREFIX = "reconciler:"
+BULK_ROWS = 20_000  # row changes from which one digest rebuild beats per-row trigger upserts
 FAULT_ENV = "RECONCILER_TEST_FAIL_AT"  # test-only: name of a step that must fail
 CRASH_ENV = "RECONCILER_TEST_KILL_AT"  # test-only: name of a step where the process kills itself
 
@@ -335,12 +337,17 @@ class Applier:
 
     def _rows(self, plan: Plan, apply_id: str) -> None:
         changes = plan.rows
+        # A bulk change recomputes the per-domain digests once at the end (one scan) instead of
+        # letting the triggers upsert them row by row; both happen inside this transaction.
+        bulk = len(changes) >= BULK_ROWS
         with self.conn.cursor() as cur:
             cur.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME_PREFIX + "rows", 30))
             got = cur.fetchone()
             if not got or got[0] != 1:
                 raise TemporaryError("another host holds the reconciler's MySQL lock")
             self.conn.begin()
+            if bulk:
+                cur.execute("SET @reconciler_digest_off = 1")
             domain_ids: dict[str, int] = {}
 
             def domain_id(name: str) -> int:
@@ -402,6 +409,9 @@ class Applier:
             for c in changes:
                 if c.table == "virtual_domains" and c.action is Action.DELETE:
                     cur.execute("DELETE FROM virtual_domains WHERE name = %s", (_v(c.before, "name"),))
+            if bulk:
+                rebuild_digests(cur)
+                cur.execute("SET @reconciler_digest_off = NULL")
             for name, value in (("applied_revision", plan.revision or ""), ("last_apply_id", apply_id)):
                 cur.execute(
                     "INSERT INTO reconciler_state (name, value) VALUES (%s, %s) "
@@ -454,6 +464,8 @@ class Applier:
         if txn_open:
             with contextlib.suppress(Exception):
                 self.conn.rollback()
+            with contextlib.suppress(Exception), self.conn.cursor() as cur:
+                cur.execute("SET @reconciler_digest_off = NULL")
             self._release_lock()
         undo_files(journal)
         ok = True

@@ -18,7 +18,7 @@ import structlog
 from reconciler.errors import TemporaryError
 from reconciler.models import MysqlConfig
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 log = structlog.get_logger("reconciler.db")
 
 
@@ -104,7 +104,10 @@ def init_db(conn: pymysql.connections.Connection[pymysql.cursors.Cursor]) -> boo
     with conn.cursor() as cur:
         for stmt in schema_statements():
             if stmt.upper().startswith("CREATE TRIGGER"):
+                name = stmt.split()[2]
                 try:
+                    # Replace, not keep: an older definition would count rows differently.
+                    cur.execute(f"DROP TRIGGER IF EXISTS {name}")
                     cur.execute(stmt)
                 except pymysql.err.MySQLError as exc:
                     triggers = False

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import multiprocessing
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -85,13 +88,6 @@ class DomainData:
     alias_keys: tuple[Pair, ...]  # case-folded (source, destination), in file order
     load: Callable[[], tuple[tuple[Pair, ...], tuple[Pair, ...]]] = field(repr=False, compare=False)
 
-    @classmethod
-    def from_model(cls, path: str, blob_id: str, model: DomainFile) -> DomainData:
-        users = tuple((m.address, m.password) for m in model.mailboxes)
-        aliases = tuple((a.source, a.destination) for a in model.aliases)
-        keys = tuple((s.casefold(), d.casefold()) for s, d in aliases)
-        return cls(model.domain, path, blob_id, rows_digest(users, aliases), keys, lambda: (users, aliases))
-
 
 @dataclass(frozen=True)
 class DesiredState:
@@ -118,6 +114,7 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
     problems: list[Problem] = []
     files: dict[str, DesiredFile] = {}
     domains: list[DomainData] = []
+    to_parse: list[tuple[str, str, bytes]] = []  # (path, blob id, content) of domain files to parse
     for path in sorted(snapshot.entries):
         entry = snapshot.entries[path]
         in_postfix = path.startswith(POSTFIX_DIR) or path == POSTFIX_DIR.rstrip("/")
@@ -159,14 +156,18 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
             problems.extend(secret_problems)
             files[name] = DesiredFile(name, entry.blob_id, data, secrets)
         else:
-            result = parse_domain_file(path, data)
-            problems.extend(result.problems)
-            if result.model is not None:
-                data_ = DomainData.from_model(path, entry.blob_id, result.model)
-                domains.append(data_)
-                if cache is not None:
-                    users, aliases = data_.load()
-                    cache.put(entry.blob_id, data_.name, data_.digest, users, aliases)
+            to_parse.append((path, entry.blob_id, data))
+    for path, blob_id, (parse_problems, parsed) in zip(
+        [p for p, _, _ in to_parse], [b for _, b, _ in to_parse], _parse_all(to_parse), strict=True
+    ):
+        problems.extend(parse_problems)
+        if parsed is not None:
+            name, users, aliases = parsed
+            keys = tuple((s.casefold(), d.casefold()) for s, d in aliases)
+            data_ = DomainData(name, path, blob_id, rows_digest(users, aliases), keys, partial(_rows, users, aliases))
+            domains.append(data_)
+            if cache is not None:
+                cache.put(blob_id, name, data_.digest, users, aliases)
     for required in REQUIRED_POSTFIX_FILES:
         if required not in files and not any(p.path == POSTFIX_DIR + required for p in problems):
             problems.append(Problem(POSTFIX_DIR + required, None, "required file is missing"))
@@ -174,6 +175,54 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
     if cache is not None:
         cache.save(d.blob_id for d in domains)
     return DesiredState(snapshot.revision, files, {d.name: d for d in domains}), problems
+
+
+Rows = tuple[tuple[Pair, ...], tuple[Pair, ...]]
+ParseOutcome = tuple[tuple[Problem, ...], tuple[str, tuple[Pair, ...], tuple[Pair, ...]] | None]
+# Parsing is CPU-bound (YAML + pydantic, ~30 us a mailbox): above this many bytes of domain files
+# to parse, both cores work on it. Worker processes are spawned (not forked: the agent runs
+# threads), which costs ~0.5 s, so small changes stay in-process.
+PARALLEL_PARSE_BYTES = 8 * 1024 * 1024
+
+
+def _rows(users: tuple[Pair, ...], aliases: tuple[Pair, ...]) -> Rows:
+    return users, aliases
+
+
+def parse_for_rows(path: str, data: bytes) -> ParseOutcome:
+    """``parse_domain_file`` reduced to plain tuples (cheap to send between processes)."""
+    result = parse_domain_file(path, data)
+    if result.model is None:
+        return result.problems, None
+    model = result.model
+    users = tuple((m.address, m.password) for m in model.mailboxes)
+    aliases = tuple((a.source, a.destination) for a in model.aliases)
+    return result.problems, (model.domain, users, aliases)
+
+
+def _parse_batch(batch: list[tuple[str, bytes]]) -> list[ParseOutcome]:
+    return [parse_for_rows(path, data) for path, data in batch]
+
+
+def _parse_all(items: list[tuple[str, str, bytes]]) -> list[ParseOutcome]:
+    """Parse domain files, on every core when there is enough to parse; results in input order."""
+    workers = min(os.cpu_count() or 1, 4)
+    total = sum(len(d) for _, _, d in items)
+    if workers < 2 or total < PARALLEL_PARSE_BYTES or len(items) < 2:
+        return [parse_for_rows(path, data) for path, _, data in items]
+    # Contiguous batches of about equal size, a few per worker, keep pickling overhead low.
+    per_batch = max(total // (workers * 4), 1)
+    batches: list[list[tuple[str, bytes]]] = [[]]
+    size = 0
+    for path, _, data in items:
+        if size >= per_batch:
+            batches.append([])
+            size = 0
+        batches[-1].append((path, data))
+        size += len(data)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return [outcome for batch in pool.map(_parse_batch, batches) for outcome in batch]
 
 
 def _shape_problem(path: str) -> str | None:

@@ -110,3 +110,23 @@ def test_write_without_triggers_falls_back_and_repairs(conn: Any, mariadb: Maria
     assert domain_digests(conn) == {"t.example": (0, 0, 0, 0)} == _python_digests(conn)
     with conn.cursor() as cur:
         assert _digests(cur, _STORED_DIGEST_SQL) == {"t.example": (0, 0, 0, 0)}
+
+
+def test_bulk_session_skips_triggers_then_rebuilds(conn: Any) -> None:
+    """With @reconciler_digest_off the triggers stay idle; one rebuild in the same transaction makes it exact."""
+    from reconciler.db import rebuild_digests
+
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO virtual_domains (name) VALUES ('bulk.example')")
+        cur.execute("SET @reconciler_digest_off = 1")
+        cur.executemany(
+            "INSERT INTO virtual_users (domain_id, email, password) SELECT id, %s, %s FROM virtual_domains",
+            [(f"b{i}@bulk.example", f"{{X}}{i}") for i in range(200)],
+        )
+        assert _digests(cur, _STORED_DIGEST_SQL) == {"bulk.example": (0, 0, 0, 0)}  # triggers were idle
+        rebuild_digests(cur)
+        cur.execute("SET @reconciler_digest_off = NULL")
+    conn.commit()
+    _agree(conn)
+    with conn.cursor() as cur:
+        assert _digests(cur, _STORED_DIGEST_SQL) == _python_digests(conn)
