@@ -464,30 +464,41 @@ def cross_domain_problems(snapshot: Snapshot, domains: Iterable[DomainData]) -> 
         else:
             owner[d.name] = d.path
     # Alias graph over hosted addresses; a self-edge (keep a copy) is how Postfix users say "also
-    # deliver here" and is not a loop. Any longer cycle makes Postfix bounce the mail.
-    edges: dict[str, list[tuple[str, str, int]]] = {}
+    # deliver here" and is not a loop. Any longer cycle makes Postfix bounce the mail. Postfix
+    # tries user@domain, then @domain: a destination that is neither an alias source nor a mailbox
+    # of a domain with a catch-all goes on to that catch-all (a loop through two catch-alls is as
+    # fatal as any other). Only edges into an address that leads on can close a cycle, so the graph
+    # kept is small (a million mailboxes with plain aliases give none); mailboxes are read only
+    # for domains with a catch-all that such an edge reaches.
+    sources: set[str] = set()
     catch_all: dict[str, tuple[str, int]] = {}  # domain -> where its catch-all row is
     for d in ordered:
-        for i, (src, dst) in enumerate(d.alias_keys):
+        for i, (src, _) in enumerate(d.alias_keys):
+            sources.add(src)
             if src.startswith("@"):
                 catch_all.setdefault(src[1:], (d.path, i))
-            if src != dst and dst.rpartition("@")[2] in owner:
-                edges.setdefault(src, []).append((dst, d.path, i))
-    # Postfix tries user@domain, then @domain: a destination that is neither an alias source nor a
-    # mailbox of a domain with a catch-all goes on to that catch-all (a loop through two catch-alls
-    # is as fatal as any other). Mailboxes are read only for such domains.
     by_name = {d.name: d for d in ordered}
     mailboxes: dict[str, set[str]] = {}
-    for targets in list(edges.values()):
-        for dst, _, _ in targets:
-            domain = dst.rpartition("@")[2]
-            if dst in edges or domain not in catch_all or dst.startswith("@"):
-                continue
-            if domain not in mailboxes:
-                mailboxes[domain] = {e.casefold() for e, _ in by_name[domain].load()[0]}
-            if dst not in mailboxes[domain]:
-                path, index = catch_all[domain]
-                edges[dst] = [("@" + domain, path, index)]
+
+    def leads_on(dst: str) -> bool:
+        if dst in sources:
+            return True
+        domain = dst.rpartition("@")[2]
+        if domain not in catch_all or dst.startswith("@"):
+            return False
+        if domain not in mailboxes:
+            mailboxes[domain] = {e.casefold() for e, _ in by_name[domain].load()[0]}
+        return dst not in mailboxes[domain]
+
+    edges: dict[str, list[tuple[str, str, int]]] = {}
+    for d in ordered:
+        for i, (src, dst) in enumerate(d.alias_keys):
+            if src != dst and leads_on(dst):
+                edges.setdefault(src, []).append((dst, d.path, i))
+                if dst not in sources:  # on to its domain's catch-all
+                    domain = dst.rpartition("@")[2]
+                    path, index = catch_all[domain]
+                    edges.setdefault(dst, [("@" + domain, path, index)])
     for cycle in _cycles(edges):
         src = cycle[0]
         dst, path, index = next(e for e in edges[src] if e[0] == cycle[1 % len(cycle)])
