@@ -118,7 +118,7 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     """
     started = time.monotonic()
     check_signature(cfg, snapshot)
-    validated = validate_snapshot(snapshot, cfg.postfix.config_dir, ParseCache(state.path / "parsed"))
+    validated = validate_snapshot(snapshot, cfg.postfix.config_dir, ParseCache.open(state.path / "parsed"))
     if validated.problems:
         raise InvalidRevision(list(validated.problems))
     names = {n for f in validated.desired.files.values() for n in f.secrets}

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from reconciler import __version__
 from reconciler.state import atomic_write
@@ -36,18 +36,38 @@ class CachedDomain:
 
 
 class ParseCache:
-    """The cache directory ``<state>/parsed``; load once, then ``get``/``put``, then ``save``."""
+    """The cache directory ``<state>/parsed``; load once, then ``get``/``put``, then ``save``.
+
+    ``ParseCache.open`` reuses the instance a long-running process (the agent) loaded before, as
+    long as the index file is the one it last read or wrote: one push costs no index reload.
+    """
+
+    _open: ClassVar[dict[Path, ParseCache]] = {}
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self._index: dict[str, CachedDomain] = {}
         self._dirty = False
+        self._stamp: tuple[int, int] | None = None
         self._load()
 
+    @classmethod
+    def open(cls, directory: Path) -> ParseCache:
+        """The cache of ``directory``, reused from an earlier call when the index is unchanged."""
+        known = cls._open.get(directory)
+        if known is not None and known._stamp is not None and known._stamp == _stamp(directory / "index.json"):
+            return known
+        cache = cls(directory)
+        cls._open[directory] = cache
+        return cache
+
     def _load(self) -> None:
+        index = self.dir / "index.json"
         try:
-            data = json.loads((self.dir / "index.json").read_text(encoding="utf-8"))
+            self._stamp = _stamp(index)
+            data = json.loads(index.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
+            self._stamp = None
             return
         if data.get("format") != FORMAT:
             return  # another version parsed these: start afresh
@@ -122,3 +142,13 @@ class ParseCache:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write(self.dir / "index.json", json.dumps(doc, separators=(",", ":")).encode(), fsync=False)
         self._dirty = False
+        self._stamp = _stamp(self.dir / "index.json")
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of a file: changes with every rename-into-place."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns

@@ -87,3 +87,18 @@ def test_cached_blob_under_another_name_is_rechecked(tmp_path: Path, parse_calls
     result = validate_snapshot(open_snapshot(repo, "HEAD"), cache=ParseCache(cache_dir))
     assert parse_calls == ["domains/example.info.yaml"]
     assert any(p.path == "domains/example.info.yaml" and "file name" in p.message for p in result.problems)
+
+
+def test_open_reuses_the_loaded_index_until_another_writer_saves(tmp_path: Path) -> None:
+    """A long-running agent keeps its loaded cache; a save by another process makes it reload."""
+    repo = _repo(tmp_path)
+    cache_dir = tmp_path / "state" / "parsed"
+    first = ParseCache.open(cache_dir)
+    validate_snapshot(open_snapshot(repo, "HEAD"), cache=first)
+    assert ParseCache.open(cache_dir) is first
+    other = ParseCache(cache_dir)  # e.g. a CLI apply while the agent runs
+    other.put("0" * 40, "x.example", (0, 0, 0, 0), [], [])
+    other.save(["0" * 40])
+    reloaded = ParseCache.open(cache_dir)
+    assert reloaded is not first
+    assert reloaded.get("0" * 40) is not None
