@@ -343,6 +343,12 @@ def map_breakdown(doc: dict[str, Any]) -> str:
     return text
 
 
+def commit_text(commit: str) -> str:
+    """``abc1234 (what happened during the run)`` -> "Repository at commit `abc1234` (...)."."""
+    head, _, rest = commit.partition(" ")
+    return f"Repository at commit `{head}`" + (f" {rest}" if rest else "") + "."
+
+
 def generated_text(doc: dict[str, Any]) -> str:
     parts = []
     for key, g in doc.get("generated", {}).items():
@@ -374,7 +380,7 @@ def section(doc: dict[str, Any], png: Path, md: Path) -> str:
         "## Results",
         "",
         machine_text(doc),
-        f"Repository at commit `{doc.get('commit', 'unknown')}`.",
+        commit_text(str(doc.get("commit", "unknown"))),
         "",
         f"`{command}`, finished {doc.get('finished', '?')}, {doc['total_seconds']:.0f} s in total. "
         f"Generated: {generated_text(doc)}.",
