@@ -231,7 +231,7 @@ class Applier:
             self._prepare(plan, journal)
             step = Step.BUILD
             _fault(step)
-            warnings += self._build(plan, journal)
+            self._build(plan, journal)
             step = Step.JOURNAL
             _fault(step)
             journal.phase = "prepared"
@@ -300,8 +300,7 @@ class Applier:
                     if live.exists():
                         journal.ops.append(_Op(str(live), None, _link_backup(live)))
 
-    def _build(self, plan: Plan, journal: _Journal) -> list[str]:
-        warnings: list[str] = []
+    def _build(self, plan: Plan, journal: _Journal) -> None:
         files = {c.name: c for c in plan.files}
         for change in plan.tables:
             if change.action is not Action.REBUILD:
@@ -333,7 +332,6 @@ class Applier:
                 journal.ops.append(_Op(str(live), str(built), _link_backup(live)))
             if source_change is None:
                 tmp_source.unlink()
-        return warnings
 
     def _rows(self, plan: Plan, apply_id: str) -> None:
         changes = plan.rows

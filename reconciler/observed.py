@@ -10,7 +10,6 @@ a GROUP BY; full rows are streamed (server-side cursor) only for domains that di
 from __future__ import annotations
 
 import grp
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -182,8 +181,3 @@ def observe(
         secrets=secrets,
         row_count=len(digests) + sum(d[0] + d[2] for d in digests.values()),
     )
-
-
-def managed_table_paths(config_dir: Path, tables: tuple[TableDecl, ...]) -> list[Path]:
-    """Every built file of the given tables that exists."""
-    return [p for t in tables for p in built_paths(config_dir, t) if os.path.exists(p)]

@@ -79,7 +79,7 @@ def run_tool(argv: Sequence[str], *, timeout: float = 120.0, input_text: str | N
             start_new_session=True,
         )
     except FileNotFoundError as exc:
-        raise ToolError(f"{argv[0]} not found: install Debian's postfix package") from exc
+        raise ToolError(f"{argv[0]} not found on PATH (Postfix tools: Debian package postfix)") from exc
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"{argv[0]} did not finish within {timeout:.0f} s") from exc
     return ToolResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
@@ -99,7 +99,7 @@ def run_tool_tty_stderr(argv: Sequence[str], *, timeout: float = 120.0) -> ToolR
         )
     except FileNotFoundError as exc:
         os.close(primary)
-        raise ToolError(f"{argv[0]} not found: install Debian's postfix package") from exc
+        raise ToolError(f"{argv[0]} not found on PATH (Postfix tools: Debian package postfix)") from exc
     finally:
         os.close(secondary)
     assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above

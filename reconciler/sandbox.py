@@ -46,7 +46,7 @@ import pymysql.connections
 import pymysql.cursors
 
 from reconciler.errors import ToolError
-from reconciler.postfix import run_tool_tty_stderr
+from reconciler.postfix import run_tool, run_tool_tty_stderr
 
 DATABASE: Final = "mailserver"
 AGENT_USER: Final = "reconciler"
@@ -98,21 +98,12 @@ def _run(
     input_text: str | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a tool with an argument list; a failure raises ``SandboxError`` with its output."""
+    """``reconciler.postfix.run_tool``; a failure raises ``SandboxError`` with its output."""
     try:
-        proc = subprocess.run(
-            list(argv),
-            input=input_text,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise SandboxError(f"{argv[0]} not found") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise SandboxError(f"{' '.join(argv)} did not finish within {timeout:.0f} s") from exc
+        res = run_tool(argv, timeout=timeout, input_text=input_text)
+    except ToolError as exc:
+        raise SandboxError(str(exc)) from exc
+    proc = subprocess.CompletedProcess(list(res.argv), res.returncode, res.stdout, res.stderr)
     if check and proc.returncode != 0:
         output = (proc.stdout + proc.stderr).strip()
         raise SandboxError(f"{' '.join(argv)} exited with status {proc.returncode}: {output}")

@@ -80,10 +80,6 @@ class StateDir:
     def lock_path(self) -> Path:
         return self.path / "lock"
 
-    @property
-    def backup_dir(self) -> Path:
-        return self.path / "backup"
-
     def read_inventory(self) -> Inventory:
         return Inventory.from_json(self._read_json("inventory.json"))
 

@@ -97,9 +97,8 @@ dir = "{state}"
     # -- repository ---------------------------------------------------------------------------
 
     def git(self, *args: str) -> str:
-        env = {**os.environ, "GIT_AUTHOR_DATE": "", "GIT_COMMITTER_DATE": ""}
         cmd = ["git", "-C", str(self.work), "-c", "user.name=Test", "-c", "user.email=test@example.net", *args]
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip()
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
 
     def commit(self, message: str) -> str:
         self.git("add", "-A")
