@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from reconciler import fastyaml
 from reconciler.errors import Problem
 from reconciler.models import DomainFile
 from reconciler.parsecache import ParseCache
@@ -367,6 +368,9 @@ def load_yaml(path: str, data: bytes) -> tuple[Any, list[Problem]]:
     enabled = gc.isenabled()
     gc.disable()
     try:
+        fast = fastyaml.load(text)  # the common shape, ~10x faster; None for anything else
+        if fast is not None:
+            return fast, []
         return yaml.load(text, Loader=_Loader), []  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)

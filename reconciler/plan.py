@@ -255,6 +255,9 @@ class Plan:
     master_cf_services: tuple[tuple[str, str | None, str | None], ...] = ()
     managed_files: frozenset[str] = frozenset()
     managed_tables: tuple[TableDecl, ...] = ()
+    # Per-domain digests the rows of every domain with row changes have once the plan ran (what the
+    # triggers would leave in reconciler_digest): a bulk apply writes them instead of re-hashing.
+    row_digests: Mapping[str, tuple[int, int, int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -277,7 +280,7 @@ def plan(desired: Desired, observed: Observed) -> Plan:
     """The changes that turn ``observed`` into ``desired``, in execution order."""
     file_changes = _file_changes(desired, observed)
     table_changes = _table_changes(desired, observed, file_changes)
-    row_changes = _row_changes(desired, observed)
+    row_changes, row_digests = _row_changes(desired, observed)
     main_params = _param_diff(desired, observed, "main.cf", parse_main_cf)
     master_services = _param_diff(desired, observed, "master.cf", parse_master_cf)
     service = _service_action(file_changes, table_changes, main_params, observed.postfix_running)
@@ -292,6 +295,7 @@ def plan(desired: Desired, observed: Observed) -> Plan:
         master_cf_services=tuple(master_services),
         managed_files=frozenset(desired.files),
         managed_tables=desired.tables,
+        row_digests=row_digests,
     )
 
 
@@ -373,7 +377,8 @@ def _suffixes_of(desired: Desired, name: str) -> tuple[str, ...] | None:
     return None
 
 
-def _row_changes(desired: Desired, observed: Observed) -> list[RowChange]:
+def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange], dict[str, tuple[int, int, int, int]]]:
+    digests: dict[str, tuple[int, int, int, int]] = {}
     creates: list[RowChange] = []
     middle: list[RowChange] = []
     deletes: list[RowChange] = []
@@ -393,6 +398,8 @@ def _row_changes(desired: Desired, observed: Observed) -> list[RowChange]:
             creates.append(RowChange(Action.UPDATE, "virtual_domains", name, name, {"name": live[key]}, {"name": name}))
         w = want or empty
         h = have or empty
+        if want is not None:
+            digests[name] = want.digest()
         for email in sorted(set(w.users) | set(h.users)):
             a, b = h.users.get(email), w.users.get(email)
             if a == b:
@@ -411,7 +418,7 @@ def _row_changes(desired: Desired, observed: Observed) -> list[RowChange]:
             middle.append(RowChange(action, "virtual_aliases", f"{pair[0]} -> {pair[1]}", name, before, after))
         if want is None and have is not None:
             deletes.append(RowChange(Action.DELETE, "virtual_domains", name, name, {"name": live[key]}, None))
-    return [*creates, *middle, *deletes]
+    return [*creates, *middle, *deletes], digests
 
 
 def _param_diff(

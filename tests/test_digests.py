@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from mailhost import reset_database
+from mailhost import MailHost, reset_database
 
 from reconciler.db import init_db
 from reconciler.desired import rows_digest
@@ -130,3 +130,63 @@ def test_bulk_session_skips_triggers_then_rebuilds(conn: Any) -> None:
     _agree(conn)
     with conn.cursor() as cur:
         assert _digests(cur, _STORED_DIGEST_SQL) == _python_digests(conn)
+
+
+def _stored(host: MailHost) -> dict[str, tuple[int, int, int, int]]:
+    conn = host.db.connect(autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            return _digests(cur, _STORED_DIGEST_SQL)
+    finally:
+        conn.close()
+
+
+def _scanned(host: MailHost) -> dict[str, tuple[int, int, int, int]]:
+    conn = host.db.connect(autocommit=True)
+    try:
+        return domain_digests(conn, full_scan=True)
+    finally:
+        conn.close()
+
+
+BULK = {"RECONCILER_TEST_BULK_ROWS": "1"}
+
+
+def test_bulk_apply_stores_the_planned_digests(mailhost: MailHost) -> None:
+    """A bulk apply writes the touched domains' digests from the plan; they equal hashing every row."""
+    host = mailhost
+    assert host.cli("apply", env=BULK).returncode == 0  # creates: every domain touched
+    assert _stored(host) == _scanned(host)
+    assert len(_stored(host)) == 3
+    # Every kind of row change at once: a new domain, a new mailbox, a changed password, a removed
+    # alias, a domain deleted with its rows (cascade), and one domain left untouched.
+    host.add_mailbox("first@bulk.example")
+    host.add_mailbox("second@example.com")
+    host.edit("domains/example.com.yaml", lambda t: t.replace("$2y$05$QsIStK9U", "$2y$05$ZZZZZZZZ", 1))
+    host.edit(
+        "domains/example.com.yaml",
+        lambda t: t.replace("  - source: abuse@example.com\n    destination: alice@example.com\n", "", 1),
+    )
+    (host.work / "domains" / "example.net.yaml").unlink()
+    host.commit("bulk change\n\nAllow-Mass-Delete: yes")
+    untouched = _stored(host)["example.org"]
+    res = host.cli("apply", env=BULK)
+    assert res.returncode == 0, res.stdout + res.stderr
+    stored = _stored(host)
+    assert stored == _scanned(host)
+    assert set(stored) == {"example.com", "example.org", "bulk.example"}
+    assert stored["example.org"] == untouched
+    assert host.rcpt("second@example.com") == 250
+    assert host.cli("diff").returncode == 0  # the stored digests say "in sync", and they are right
+
+
+def test_failed_bulk_apply_leaves_the_digests(mailhost: MailHost) -> None:
+    """A bulk apply that fails after its row writes rolls the digests back with the rows."""
+    host = mailhost
+    assert host.cli("apply").returncode == 0
+    before = _stored(host)
+    host.add_mailbox("late@example.net")
+    host.commit("one more")
+    res = host.cli("apply", env={**BULK, "RECONCILER_TEST_FAIL_AT": "health"})
+    assert res.returncode == 1
+    assert _stored(host) == before == _scanned(host)
