@@ -39,6 +39,7 @@ import pymysql.err
 import structlog
 
 from reconciler.errors import ReconcilerError, TemporaryError
+from reconciler.parsecache import built_files
 from reconciler.plan import Action, Plan
 from reconciler.postfix import ToolResult, backdate, postalias, postfix_cmd, postmap, run_tool
 from reconciler.state import Inventory, StateDir, atomic_write, fsync_dir
@@ -320,12 +321,16 @@ class Applier:
                 _write_new(tmp_source, content, mode, group)
             else:
                 mode, group = source_change.mode, source_change.group
-            res = (postalias if table.builder == "postalias" else postmap)(
-                self.config_dir, f"{table.type}:{tmp_source}"
-            )
-            diags = [d.text for d in res.diagnostics]
-            if res.returncode != 0 or diags:
-                raise ApplyFailed(Step.BUILD, f"{table.builder} {table.name}: " + "; ".join(diags or ["failed"]))
+            prebuilt = built_files(self.state.path / "parsed", table.build_key, table.name, table.built_suffixes)
+            if prebuilt is not None and _copy_built(prebuilt, tmp_source, table.built_suffixes):
+                log.info("table.reused", table=table.name)  # the staged check's build of the same bytes
+            else:
+                res = (postalias if table.builder == "postalias" else postmap)(
+                    self.config_dir, f"{table.type}:{tmp_source}"
+                )
+                diags = [d.text for d in res.diagnostics]
+                if res.returncode != 0 or diags:
+                    raise ApplyFailed(Step.BUILD, f"{table.builder} {table.name}: " + "; ".join(diags or ["failed"]))
             for suffix in table.built_suffixes:
                 built = Path(f"{tmp_source}{suffix}")
                 _chgrp(built, group, mode)
@@ -495,6 +500,19 @@ class Applier:
         with contextlib.suppress(FileNotFoundError):
             self.state.journal_path.unlink()
         return ok
+
+
+def _copy_built(prebuilt: list[Path], tmp_source: Path, suffixes: tuple[str, ...]) -> bool:
+    """Copy the staged check's built files beside the new source; False (and nothing left) if one is gone."""
+    targets = [Path(f"{tmp_source}{suffix}") for suffix in suffixes]
+    try:
+        for path, target in zip(prebuilt, targets, strict=True):
+            shutil.copyfile(path, target)
+    except OSError:
+        for target in targets:
+            target.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _v(values: Mapping[str, str] | None, key: str) -> str:

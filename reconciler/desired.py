@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 from reconciler import fastyaml
 from reconciler.errors import Problem
 from reconciler.models import DomainFile
-from reconciler.parsecache import ParseCache
+from reconciler.parsecache import ParseCache, write_rows
 from reconciler.source import EntryKind, Snapshot
 
 MAX_FILE_SIZE = 64 * 1024 * 1024
@@ -147,28 +148,27 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
             )
             continue
         data = snapshot.read(path)
+        if in_domains:
+            to_parse.append((path, entry.blob_id, data))  # checked and parsed in _parse_all
+            continue
         text_problem = text_problems(path, data)
         if text_problem:
             problems.extend(text_problem)
             continue
-        if in_postfix:
-            name = path[len(POSTFIX_DIR) :]
-            secrets, secret_problems = secret_refs(path, data.decode("utf-8"))
-            problems.extend(secret_problems)
-            files[name] = DesiredFile(name, entry.blob_id, data, secrets)
-        else:
-            to_parse.append((path, entry.blob_id, data))
+        name = path[len(POSTFIX_DIR) :]
+        secrets, secret_problems = secret_refs(path, data.decode("utf-8"))
+        problems.extend(secret_problems)
+        files[name] = DesiredFile(name, entry.blob_id, data, secrets)
+    rows_dir = str(cache.rows_dir()) if cache is not None and to_parse else None
     for path, blob_id, (parse_problems, parsed) in zip(
-        [p for p, _, _ in to_parse], [b for _, b, _ in to_parse], _parse_all(to_parse), strict=True
+        [p for p, _, _ in to_parse], [b for _, b, _ in to_parse], _parse_all(to_parse, rows_dir), strict=True
     ):
         problems.extend(parse_problems)
         if parsed is not None:
-            name, users, aliases = parsed
-            keys = tuple((s.casefold(), d.casefold()) for s, d in aliases)
-            data_ = DomainData(name, path, blob_id, rows_digest(users, aliases), keys, partial(_rows, users, aliases))
-            domains.append(data_)
+            name, users, aliases, digest, keys = parsed
+            domains.append(DomainData(name, path, blob_id, digest, keys, partial(_rows, users, aliases)))
             if cache is not None:
-                cache.put(blob_id, name, data_.digest, users, aliases)
+                cache.remember(blob_id, name, digest, keys)
     for required in REQUIRED_POSTFIX_FILES:
         if required not in files and not any(p.path == POSTFIX_DIR + required for p in problems):
             problems.append(Problem(POSTFIX_DIR + required, None, "required file is missing"))
@@ -179,10 +179,12 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
 
 
 Rows = tuple[tuple[Pair, ...], tuple[Pair, ...]]
-ParseOutcome = tuple[tuple[Problem, ...], tuple[str, tuple[Pair, ...], tuple[Pair, ...]] | None]
-# Parsing is CPU-bound (YAML + pydantic, ~30 us a mailbox): above this many bytes of domain files
-# to parse, both cores work on it. Worker processes are spawned (not forked: the agent runs
-# threads), which costs ~0.5 s, so small changes stay in-process.
+# (domain, users, aliases, digest, case-folded alias pairs) of a valid domain file.
+ParsedRows = tuple[str, tuple[Pair, ...], tuple[Pair, ...], tuple[int, int, int, int], tuple[Pair, ...]]
+ParseOutcome = tuple[tuple[Problem, ...], ParsedRows | None]
+# Parsing is CPU-bound (~8 us a mailbox on the fast path, ~18 us through PyYAML): above this many
+# bytes of domain files to parse, both cores work on it. Worker processes are spawned (not forked:
+# the agent runs threads), which costs ~0.5 s, so small changes stay in-process.
 PARALLEL_PARSE_BYTES = 8 * 1024 * 1024
 
 
@@ -190,40 +192,50 @@ def _rows(users: tuple[Pair, ...], aliases: tuple[Pair, ...]) -> Rows:
     return users, aliases
 
 
-def parse_for_rows(path: str, data: bytes) -> ParseOutcome:
-    """``parse_domain_file`` reduced to plain tuples (cheap to send between processes)."""
+def parse_for_rows(path: str, blob_id: str, data: bytes, rows_dir: str | None = None) -> ParseOutcome:
+    """Everything one domain file costs, in one call a worker process can run.
+
+    Checks the text, parses and validates it, digests its rows and, with ``rows_dir`` (the parse
+    cache's), writes its rows file there. Returns plain tuples (cheap to send between processes).
+    """
+    text_problem = text_problems(path, data)
+    if text_problem:
+        return tuple(text_problem), None
     result = parse_domain_file(path, data)
     if result.model is None:
         return result.problems, None
     model = result.model
     users = tuple((m.address, m.password) for m in model.mailboxes)
     aliases = tuple((a.source, a.destination) for a in model.aliases)
-    return result.problems, (model.domain, users, aliases)
+    if rows_dir is not None:
+        write_rows(Path(rows_dir), blob_id, users, aliases)
+    keys = tuple((s.casefold(), d.casefold()) for s, d in aliases)
+    return result.problems, (model.domain, users, aliases, rows_digest(users, aliases), keys)
 
 
-def _parse_batch(batch: list[tuple[str, bytes]]) -> list[ParseOutcome]:
-    return [parse_for_rows(path, data) for path, data in batch]
+def _parse_batch(batch: list[tuple[str, str, bytes]], rows_dir: str | None) -> list[ParseOutcome]:
+    return [parse_for_rows(path, blob_id, data, rows_dir) for path, blob_id, data in batch]
 
 
-def _parse_all(items: list[tuple[str, str, bytes]]) -> list[ParseOutcome]:
+def _parse_all(items: list[tuple[str, str, bytes]], rows_dir: str | None = None) -> list[ParseOutcome]:
     """Parse domain files, on every core when there is enough to parse; results in input order."""
     workers = min(os.cpu_count() or 1, 4)
     total = sum(len(d) for _, _, d in items)
     if workers < 2 or total < PARALLEL_PARSE_BYTES or len(items) < 2:
-        return [parse_for_rows(path, data) for path, _, data in items]
+        return _parse_batch(items, rows_dir)
     # Contiguous batches of about equal size, a few per worker, keep pickling overhead low.
     per_batch = max(total // (workers * 4), 1)
-    batches: list[list[tuple[str, bytes]]] = [[]]
+    batches: list[list[tuple[str, str, bytes]]] = [[]]
     size = 0
-    for path, _, data in items:
+    for item in items:
         if size >= per_batch:
             batches.append([])
             size = 0
-        batches[-1].append((path, data))
-        size += len(data)
+        batches[-1].append(item)
+        size += len(item[2])
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return [outcome for batch in pool.map(_parse_batch, batches) for outcome in batch]
+        return [o for batch in pool.map(_parse_batch, batches, [rows_dir] * len(batches)) for o in batch]
 
 
 def _shape_problem(path: str) -> str | None:
@@ -262,6 +274,8 @@ def secret_refs(path: str, text: str) -> tuple[frozenset[str], list[Problem]]:
     """Names of the ``${secret:NAME}`` placeholders in a text, and malformed ones as problems."""
     names: set[str] = set()
     problems: list[Problem] = []
+    if "${secret:" not in text:
+        return frozenset(), problems  # the common case, and a million-line map costs no line loop
     for number, line in enumerate(text.split("\n"), start=1):
         for m in _SECRET_REF.finditer(line):
             if _SECRET_NAME.match(m.group(1)):

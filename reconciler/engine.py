@@ -8,6 +8,7 @@ point that reads or writes live state first recovers an interrupted apply from t
 from __future__ import annotations
 
 import contextlib
+import gc
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -66,11 +67,29 @@ def session(cfg: AgentConfig) -> Iterator[tuple[StateDir, Any]]:
     state = StateDir(cfg.state.dir)
     conn = connect(cfg.mysql)
     try:
-        with host_lock(state):
+        with host_lock(state), gc_paused():
             recover(state, conn, Path(cfg.postfix.config_dir), cfg.postfix.health_timeout)
             yield state, conn
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection for the duration of one reconcile.
+
+    A plan at a million mailboxes holds millions of young objects (rows, row changes), and every
+    full collection walks them all: about a third of planning time, for no garbage (rows and
+    changes are tuples and frozen records, not cycles). Whatever cycles one reconcile leaves are
+    collected after it, once collection is back on. Restores the previous setting.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class MassDeletionRefused(PermanentError):

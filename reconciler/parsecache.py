@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 from reconciler import __version__
 from reconciler.state import atomic_write
 
-FORMAT = f"1/{__version__}"
+FORMAT = f"2/{__version__}"  # 2: stage.json tables carry a build key
 Pair = tuple[str, str]
 
 
@@ -94,15 +95,23 @@ class ParseCache:
         users: Iterable[Pair],
         aliases: Iterable[Pair],
     ) -> None:
-        """Remember a valid blob."""
+        """Remember a valid blob: its rows file, then its index entry."""
         alias_list = list(aliases)
+        write_rows(self.rows_dir(), blob_id, list(users), alias_list)
+        self.remember(blob_id, domain, digest, tuple((s.casefold(), d.casefold()) for s, d in alias_list))
+
+    def rows_dir(self) -> Path:
+        """The directory of the rows files, created if missing (parse workers write into it)."""
         rows_dir = self.dir / "rows"
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         rows_dir.mkdir(mode=0o700, exist_ok=True)
-        body = json.dumps({"users": list(users), "aliases": alias_list}, separators=(",", ":"))
-        atomic_write(rows_dir / f"{blob_id}.json", body.encode(), fsync=False)
-        keys = tuple((s.casefold(), d.casefold()) for s, d in alias_list)
-        self._index[blob_id] = CachedDomain(domain, digest, keys)
+        return rows_dir
+
+    def remember(
+        self, blob_id: str, domain: str, digest: tuple[int, int, int, int], alias_keys: tuple[Pair, ...]
+    ) -> None:
+        """Index a valid blob whose rows file ``write_rows`` has written."""
+        self._index[blob_id] = CachedDomain(domain, digest, alias_keys)
         self._dirty = True
 
     def stage_result(self, key: str) -> list[list[Any]] | None:
@@ -117,10 +126,28 @@ class ParseCache:
         return tables
 
     def put_stage_result(self, key: str, tables: list[list[Any]]) -> None:
-        """Remember the tables of a postfix/ tree that passed Postfix's checks (only the latest)."""
+        """Remember the tables of a postfix/ tree that passed Postfix's checks (only the latest).
+
+        Tables are ``[name, type, builder, parameters, build_key]``; built files kept for other
+        trees are removed.
+        """
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         doc = {"format": FORMAT, "key": key, "tables": tables}
         atomic_write(self.dir / "stage.json", json.dumps(doc).encode(), fsync=False)
+        keep = {str(t[4]) for t in tables if t[4]}
+        with contextlib.suppress(FileNotFoundError):
+            for entry in (self.dir / "built").iterdir():
+                if entry.name not in keep:
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    def built_dir(self) -> Path:
+        """Where the staged check leaves tables it built from the repo's exact bytes (by build key).
+
+        Only tables whose source names no secret go there: the state dir never holds a secret.
+        """
+        path = self.dir / "built"
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
 
     def save(self, keep: Iterable[str]) -> None:
         """Write the index, keeping only the blobs of the current revision (others are pruned)."""
@@ -143,6 +170,22 @@ class ParseCache:
         atomic_write(self.dir / "index.json", json.dumps(doc, separators=(",", ":")).encode(), fsync=False)
         self._dirty = False
         self._stamp = _stamp(self.dir / "index.json")
+
+
+def built_files(cache_dir: Path, build_key: str, name: str, suffixes: Iterable[str]) -> list[Path] | None:
+    """The files a staged check built for ``build_key`` (one per suffix), or None if any is gone."""
+    if not build_key:
+        return None
+    paths = [cache_dir / "built" / build_key / f"{name}{suffix}" for suffix in suffixes]
+    return paths if all(p.is_file() for p in paths) else None
+
+
+def write_rows(
+    rows_dir: Path, blob_id: str, users: list[Pair] | tuple[Pair, ...], aliases: list[Pair] | tuple[Pair, ...]
+) -> None:
+    """Write ``rows/<blob>.json`` (no fsync: the cache is rebuilt from git if it is lost)."""
+    body = json.dumps({"users": users, "aliases": aliases}, separators=(",", ":"))
+    atomic_write(rows_dir / f"{blob_id}.json", body.encode(), fsync=False)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

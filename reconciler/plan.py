@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler.cfparse import diff_parameters, parse_main_cf, parse_master_cf
 from reconciler.desired import DomainData, rows_digest
+from reconciler.postfix import built_suffixes
 
 RESTART_PARAMETERS = ("inet_interfaces", "inet_protocols")
 MASK = "********"
@@ -76,13 +77,13 @@ class TableDecl:
     name: str
     type: str
     builder: str
+    # The validation's build of the very same bytes, kept in the parse cache ("" if none).
+    build_key: str = field(default="", compare=False)
 
     @property
     def built_suffixes(self) -> tuple[str, ...]:
         """Suffixes of the files postmap/postalias create beside the source."""
-        return {"hash": (".db",), "btree": (".db",), "lmdb": (".lmdb",), "cdb": (".cdb",)}.get(
-            self.type, (".dir", ".pag")
-        )
+        return built_suffixes(self.type)
 
 
 UserRows = Mapping[str, tuple[str, str]]  # lower-cased address -> (email, password)
@@ -477,12 +478,20 @@ def mask_live(
     separator: an old or hand-written credential is never printed.
     """
     patterns: list[tuple[re.Pattern[bytes], bytes, list[str]]] = []
-    for tline in template.split(b"\n"):
+    for tline in template.split(b"\n") if b"${secret:" in template else ():
         names = [m.group(1).decode() for m in _SECRET_REF.finditer(tline)]
         if names:
             parts = _SECRET_REF.split(tline)
             source = b"".join(re.escape(p) if i % 2 == 0 else b"(.*?)" for i, p in enumerate(parts))
             patterns.append((re.compile(source + b"\\Z", re.S), tline, names))
+    if not patterns and not secret_file:
+        # Nothing to hide line by line: only values of known secrets, wherever they appear (the
+        # same as line by line, as long as a value spans no line break). Linear and in C: a
+        # million-line map costs milliseconds here.
+        for name, value in secrets.items():
+            if len(value) >= 4 and b"\n" not in value and value in live:
+                live = live.replace(value, b"${secret:" + name.encode() + b"}")
+        return live, ()
     template_lines = set(template.split(b"\n"))
     # A hidden line keeps its head (key, parameter name) only where the template has a line with
     # the same head and no placeholder in it: a head is never a secret then.
@@ -535,11 +544,54 @@ def _hide_value(line: bytes, safe_heads: set[bytes]) -> bytes:
     return indent + _HIDDEN
 
 
-def unified(before: bytes, after: bytes, name: str) -> str:
-    """A unified diff of two texts (invalid UTF-8 replaced), ``live/NAME`` against ``desired/NAME``."""
+def unified(before: bytes, after: bytes, name: str, *, context: int = 3, trim_from: int = 5000) -> str:
+    """A unified diff of two texts (invalid UTF-8 replaced), ``live/NAME`` against ``desired/NAME``.
+
+    ``difflib.unified_diff``'s text. From ``trim_from`` lines on, the lines both texts start and
+    end with are set aside first (all but the context): difflib's matcher costs seconds on a
+    million-line map, and one changed line then costs a few lines of matching. The hunks are as
+    valid, though where lines repeat difflib might have aligned them differently.
+    """
     a = before.decode("utf-8", "replace").splitlines(keepends=True)
     b = after.decode("utf-8", "replace").splitlines(keepends=True)
-    return "".join(difflib.unified_diff(a, b, f"live/{name}", f"desired/{name}"))
+    if len(a) + len(b) < trim_from:
+        return "".join(difflib.unified_diff(a, b, f"live/{name}", f"desired/{name}", n=context))
+    limit = min(len(a), len(b))
+    head = 0
+    while head < limit and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < limit - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    skip = max(head - context, 0)
+    cut = max(tail - context, 0)
+    a_mid, b_mid = a[skip : len(a) - cut], b[skip : len(b) - cut]
+    out: list[str] = []
+    for group in difflib.SequenceMatcher(None, a_mid, b_mid).get_grouped_opcodes(context):
+        if not out:
+            out += [f"--- live/{name}\n", f"+++ desired/{name}\n"]
+        first, last = group[0], group[-1]
+        out.append(f"@@ -{_range(skip + first[1], skip + last[2])} +{_range(skip + first[3], skip + last[4])} @@\n")
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                out.extend(" " + line for line in a_mid[i1:i2])
+                continue
+            if tag in {"replace", "delete"}:
+                out.extend("-" + line for line in a_mid[i1:i2])
+            if tag in {"replace", "insert"}:
+                out.extend("+" + line for line in b_mid[j1:j2])
+    return "".join(out)
+
+
+def _range(start: int, stop: int) -> str:
+    """A unified diff's line range, as difflib writes it."""
+    beginning = start + 1  # lines start numbering with one
+    length = stop - start
+    if length == 1:
+        return str(beginning)
+    if not length:
+        beginning -= 1  # empty ranges begin at the line just before the range
+    return f"{beginning},{length}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -590,5 +642,5 @@ def desired_from(
             SECRET_FILE_MODE if holds else 0o644,
             SECRET_FILE_GROUP if holds else "root",
         )
-    decls = tuple(TableDecl(t.name, t.type, t.builder) for t in tables if t.builder)
+    decls = tuple(TableDecl(t.name, t.type, t.builder, t.build_key) for t in tables if t.builder)
     return Desired(revision, specs, decls, domains)

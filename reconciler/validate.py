@@ -29,6 +29,7 @@ from reconciler.postfix import (
     TableRef,
     ToolResult,
     backdate,
+    built_suffixes,
     parse_parameters,
     postalias,
     postconf,
@@ -78,6 +79,9 @@ class TableSpec:
     type: str  # hash, btree, cidr, ...
     builder: str  # "postmap", "postalias", or "" for tables Postfix reads as text
     parameters: tuple[str, ...]
+    # Names the built files the check left in the cache's built/ dir ("" if none): the applier
+    # copies them instead of running postmap on the same bytes again.
+    build_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,12 +107,15 @@ def validate_snapshot(
         key = _stage_key(desired.files, live_config_dir)
         cached = cache.stage_result(key) if cache is not None else None
         if cached is not None:
-            tables = [TableSpec(str(n), str(t), str(b), tuple(p)) for n, t, b, p in cached]
+            tables = [TableSpec(str(n), str(t), str(b), tuple(p), str(k)) for n, t, b, p, k in cached]
         else:
-            tables, stage_problems = check_postfix_tree(desired.files, live_config_dir)
+            built_dir = cache.built_dir() if cache is not None else None
+            tables, stage_problems = check_postfix_tree(desired.files, live_config_dir, built_dir, key)
             problems.extend(stage_problems)
             if cache is not None and not stage_problems:
-                cache.put_stage_result(key, [[t.name, t.type, t.builder, list(t.parameters)] for t in tables])
+                cache.put_stage_result(
+                    key, [[t.name, t.type, t.builder, list(t.parameters), t.build_key] for t in tables]
+                )
     ordered = sorted(set(problems), key=lambda p: (p.path, p.line or 0, p.message))
     return Validated(desired, tuple(tables), tuple(ordered))
 
@@ -157,13 +164,41 @@ def _secret_value(ref: bytes, secrets: Mapping[str, bytes] | None) -> bytes:
 
 
 def check_postfix_tree(
-    files: Mapping[str, DesiredFile], live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR
+    files: Mapping[str, DesiredFile],
+    live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR,
+    built_dir: Path | None = None,
+    stage_key: str = "",
 ) -> tuple[list[TableSpec], list[Problem]]:
-    """Stage the files with dummy secrets and run Postfix's checks; returns tables and problems."""
+    """Stage the files with dummy secrets and run Postfix's checks; returns tables and problems.
+
+    With ``built_dir``, the tables built cleanly from exactly the repo's bytes (no secret, no live
+    path in them) are moved there under their build key, for the applier to reuse.
+    """
     with tempfile.TemporaryDirectory(prefix="reconciler-stage-") as tmp:
         stage = Path(tmp)
         stage_files(files, stage, None, live_config_dir)
-        return _check_stage(stage, files, live_config_dir)
+        tables, problems = _check_stage(stage, files, live_config_dir)
+        if built_dir is None or problems:
+            return tables, problems
+        return [_keep_built(stage, files, t, built_dir, stage_key) for t in tables], problems
+
+
+def _keep_built(stage: Path, files: Mapping[str, DesiredFile], spec: TableSpec, built_dir: Path, key: str) -> TableSpec:
+    source = files.get(spec.name)
+    if spec.builder not in ("postmap", "postalias") or source is None or source.secrets:
+        return spec
+    if (stage / spec.name).read_bytes() != source.template:
+        return spec  # the staged copy differs (a live path rewritten): the live build would too
+    build_key = hashlib.sha256(f"{key}\0{spec.name}\0{spec.type}\0{spec.builder}".encode()).hexdigest()
+    built = [stage / f"{spec.name}{suffix}" for suffix in built_suffixes(spec.type)]
+    if not all(p.is_file() for p in built):
+        return spec
+    target = built_dir / build_key
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(mode=0o700, parents=True)
+    for path in built:
+        shutil.move(path, target / path.name)
+    return TableSpec(spec.name, spec.type, spec.builder, spec.parameters, build_key)
 
 
 def _check_stage(

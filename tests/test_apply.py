@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -230,3 +232,45 @@ def test_inet_interfaces_change_restarts_postfix(mailhost: MailHost) -> None:
     assert "postfix restart" in res.stdout
     assert pid_file.read_text().strip() != before
     assert host.rcpt("john@example.org") == 250
+
+
+def _lookup(host: MailHost, table: str, key: str) -> str:
+    res = subprocess.run(
+        ["postmap", "-c", str(host.postfix.config_dir), "-q", key, f"hash:{host.postfix.config_dir / table}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return res.stdout.strip()
+
+
+def test_changed_map_reuses_the_validation_build(mailhost: MailHost) -> None:
+    """A changed map is built once, by the staged check; the applier copies that build.
+
+    With the kept build gone the applier runs postmap itself; either way the live table answers
+    the new line, and the state dir keeps no build of a table that holds a secret.
+    """
+    host = mailhost
+    assert host.cli("apply").returncode == 0
+    assert list((host.state / "parsed" / "built").iterdir())  # the first check kept its builds
+    host.edit("postfix/canonical", lambda t: t + "reused reused@example.net\n")
+    host.commit("one map line")
+    res = host.cli("apply")
+    assert res.returncode == 0, res.stderr
+    assert "table.reused" in res.stderr and "canonical" in res.stderr
+    assert _lookup(host, "canonical", "reused") == "reused@example.net"
+    assert host.cli("diff").returncode == 0  # the copied table is not seen as stale
+    for built in (host.state / "parsed" / "built").rglob("*"):
+        assert not built.name.startswith("relay_password"), built
+        if built.is_file():
+            assert RELAY_SECRET.encode() not in built.read_bytes()
+    # Without the kept build (pruned, or lost), the applier builds it itself.
+    host.edit("postfix/canonical", lambda t: t + "built built@example.net\n")
+    host.commit("another map line")
+    assert host.cli("diff").returncode == 1  # validates the tree and keeps its builds ...
+    shutil.rmtree(host.state / "parsed" / "built")  # ... which then go missing
+    res = host.cli("apply")
+    assert res.returncode == 0, res.stderr
+    assert "table.reused" not in res.stderr
+    assert _lookup(host, "canonical", "built") == "built@example.net"
+    assert _lookup(host, "canonical", "reused") == "reused@example.net"

@@ -102,3 +102,35 @@ def test_open_reuses_the_loaded_index_until_another_writer_saves(tmp_path: Path)
     reloaded = ParseCache.open(cache_dir)
     assert reloaded is not first
     assert reloaded.get("0" * 40) is not None
+
+
+def test_parallel_parse_equals_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spawned parse workers give the same domains, digests, rows, problems and cache files."""
+    repo = _repo(tmp_path)
+    bad = repo / "domains" / "bad.example.yaml"
+    bad.write_text("domain: bad.example\nmailboxes:\n  - address: a@bad.example\n    password: x\x07\n")
+    broken = repo / "domains" / "broken.example.yaml"
+    broken.write_text("domain: broken.example\nmailboxes: [\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    _commit(repo, "two bad files")
+    snapshot = open_snapshot(repo, "HEAD")
+    serial = validate_snapshot(snapshot, cache=ParseCache(tmp_path / "serial"))
+    monkeypatch.setattr(desired_mod, "PARALLEL_PARSE_BYTES", 1)
+    parallel = validate_snapshot(snapshot, cache=ParseCache(tmp_path / "parallel"))
+    assert parallel.problems == serial.problems
+    assert {p.path for p in parallel.problems} >= {"domains/bad.example.yaml", "domains/broken.example.yaml"}
+    assert (
+        sorted(parallel.desired.domains)
+        == sorted(serial.desired.domains)
+        == ["example.com", "example.net", "example.org"]
+    )
+    for name, data in serial.desired.domains.items():
+        other = parallel.desired.domains[name]
+        assert (other.digest, other.alias_keys, other.load()) == (data.digest, data.alias_keys, data.load())
+    assert sorted(p.name for p in (tmp_path / "parallel" / "rows").iterdir()) == sorted(
+        p.name for p in (tmp_path / "serial" / "rows").iterdir()
+    )
+    # Only valid domains were cached; the workers' rows files read back as the rows.
+    reread = validate_snapshot(snapshot, cache=ParseCache(tmp_path / "parallel"))
+    for name, data in serial.desired.domains.items():
+        assert reread.desired.domains[name].load() == data.load()

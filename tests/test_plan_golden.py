@@ -42,11 +42,12 @@ REGENERATE = os.environ.get("REGENERATE") == "1"
 
 @dataclass(frozen=True)
 class _Table:
-    """The shape ``desired_from`` reads of a validated table (name, type, builder)."""
+    """The shape ``desired_from`` reads of a validated table (name, type, builder, build key)."""
 
     name: str
     type: str
     builder: str
+    build_key: str = ""
 
 
 @dataclass(frozen=True)
