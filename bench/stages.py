@@ -86,7 +86,7 @@ TARGETS: list[tuple[int, str, str, str | None]] = [
     (1, "apply", "Applier", "_prepare"),
     (1, "apply", "Applier", "_build"),
     (1, "apply", "Applier", "_rows"),
-    (2, "apply", "Applier", "_store_digests"),
+    (2, "apply", "_store_digests", None),
     (1, "apply", "Applier", "_swap"),
     (1, "apply", "Applier", "_postfix_check"),
     (1, "apply", "Applier", "_service"),

@@ -371,7 +371,14 @@ class Applier:
             user_inserts: list[tuple[int, str, str]] = []
             alias_inserts: list[tuple[int, str, str]] = []
             for c in changes:
-                if c.table == "virtual_users":
+                if c.action is Action.CREATE and c.after is not None and c.table != "virtual_domains":
+                    # The bulk of a large plan: one tuple per new row, no statement yet.
+                    after, ident = c.after, domain_ids.get(c.domain) or domain_id(c.domain)
+                    if c.table == "virtual_users":
+                        user_inserts.append((ident, after["email"], after["password"]))
+                    else:
+                        alias_inserts.append((ident, after["source"], after["destination"]))
+                elif c.table == "virtual_users":
                     if c.action is Action.DELETE:
                         cur.execute("DELETE FROM virtual_users WHERE email = %s", (_v(c.before, "email"),))
                     elif c.action is Action.UPDATE:
@@ -414,7 +421,7 @@ class Applier:
                 if c.table == "virtual_domains" and c.action is Action.DELETE:
                     cur.execute("DELETE FROM virtual_domains WHERE name = %s", (_v(c.before, "name"),))
             if bulk:
-                self._store_digests(cur, plan, domain_id)
+                _store_digests(cur, plan, domain_id)
                 cur.execute("SET @reconciler_digest_off = NULL")
             for name, value in (("applied_revision", plan.revision or ""), ("last_apply_id", apply_id)):
                 cur.execute(
@@ -422,25 +429,6 @@ class Applier:
                     "ON DUPLICATE KEY UPDATE value = VALUES(value)",
                     (name, value),
                 )
-
-    @staticmethod
-    def _store_digests(cur: Any, plan: Plan, domain_id: Callable[[str], int]) -> None:
-        """After a bulk write (triggers idle): the touched domains' digests, as the plan knows them.
-
-        Once the plan ran, every domain it touched holds exactly the desired rows, whose digests
-        the desired side computed while parsing; untouched domains kept theirs. Rows of deleted
-        domains went by cascade, so their digest rows go too. The periodic full scan re-checks
-        all of it against the rows (``observed.domain_digests``).
-        """
-        cur.execute("DELETE FROM reconciler_digest WHERE domain_id NOT IN (SELECT id FROM virtual_domains)")
-        values = [(domain_id(name), *digest) for name, digest in sorted(plan.row_digests.items())]
-        for start in range(0, len(values), 5000):
-            cur.executemany(
-                "INSERT INTO reconciler_digest (domain_id, users_n, users_x, aliases_n, aliases_x) "
-                "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE users_n = VALUES(users_n), "
-                "users_x = VALUES(users_x), aliases_n = VALUES(aliases_n), aliases_x = VALUES(aliases_x)",
-                values[start : start + 5000],
-            )
 
     def _swap(self, journal: _Journal) -> None:
         for index, op in enumerate(journal.ops):
@@ -500,6 +488,25 @@ class Applier:
         with contextlib.suppress(FileNotFoundError):
             self.state.journal_path.unlink()
         return ok
+
+
+def _store_digests(cur: Any, plan: Plan, domain_id: Callable[[str], int]) -> None:
+    """After a bulk write (triggers idle): the touched domains' digests, as the plan knows them.
+
+    Once the plan ran, every domain it touched holds exactly the desired rows, whose digests
+    the desired side computed while parsing; untouched domains kept theirs. Rows of deleted
+    domains went by cascade, so their digest rows go too. The periodic full scan re-checks
+    all of it against the rows (``observed.domain_digests``).
+    """
+    cur.execute("DELETE FROM reconciler_digest WHERE domain_id NOT IN (SELECT id FROM virtual_domains)")
+    values = [(domain_id(name), *digest) for name, digest in sorted(plan.row_digests.items())]
+    for start in range(0, len(values), 5000):
+        cur.executemany(
+            "INSERT INTO reconciler_digest (domain_id, users_n, users_x, aliases_n, aliases_x) "
+            "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE users_n = VALUES(users_n), "
+            "users_x = VALUES(users_x), aliases_n = VALUES(aliases_n), aliases_x = VALUES(aliases_x)",
+            values[start : start + 5000],
+        )
 
 
 def _copy_built(prebuilt: list[Path], tmp_source: Path, suffixes: tuple[str, ...]) -> bool:
