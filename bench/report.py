@@ -455,6 +455,11 @@ def main() -> int:
     args = parser.parse_args()
     doc = json.loads(Path(args.results).read_text(encoding="utf-8"))
     png, md = Path(args.png), Path(args.doc)
+    try:
+        import matplotlib  # noqa: F401 - only checking that the bench extra is installed
+    except ImportError:
+        print("bench/report.py needs matplotlib: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
+        return 2
     plot(doc, png)
     rewrite(md, section(doc, png, md))
     _, missed = targets(doc)

@@ -28,7 +28,7 @@ from reconciler import fastyaml
 from reconciler.errors import Problem
 from reconciler.models import DomainFile
 from reconciler.parsecache import ParseCache, write_rows
-from reconciler.source import EntryKind, Snapshot
+from reconciler.source import EntryKind, Locator, Snapshot, read_located
 
 MAX_FILE_SIZE = 64 * 1024 * 1024
 MAX_PROBLEMS_PER_FILE = 1000
@@ -116,7 +116,7 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
     problems: list[Problem] = []
     files: dict[str, DesiredFile] = {}
     domains: list[DomainData] = []
-    to_parse: list[tuple[str, str, bytes]] = []  # (path, blob id, content) of domain files to parse
+    to_parse: list[tuple[str, str, int]] = []  # (path, blob id, size) of domain files to parse
     for path in sorted(snapshot.entries):
         entry = snapshot.entries[path]
         in_postfix = path.startswith(POSTFIX_DIR) or path == POSTFIX_DIR.rstrip("/")
@@ -147,10 +147,10 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
                 DomainData(cached.domain, path, blob, cached.digest, cached.alias_keys, partial(cache.rows, blob))
             )
             continue
-        data = snapshot.read(path)
         if in_domains:
-            to_parse.append((path, entry.blob_id, data))  # checked and parsed in _parse_all
+            to_parse.append((path, entry.blob_id, entry.size))  # read, checked and parsed in _parse_all
             continue
+        data = snapshot.read(path)
         text_problem = text_problems(path, data)
         if text_problem:
             problems.extend(text_problem)
@@ -161,7 +161,7 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
         files[name] = DesiredFile(name, entry.blob_id, data, secrets)
     rows_dir = str(cache.rows_dir()) if cache is not None and to_parse else None
     for path, blob_id, (parse_problems, parsed) in zip(
-        [p for p, _, _ in to_parse], [b for _, b, _ in to_parse], _parse_all(to_parse, rows_dir), strict=True
+        [p for p, _, _ in to_parse], [b for _, b, _ in to_parse], _parse_all(snapshot, to_parse, rows_dir), strict=True
     ):
         problems.extend(parse_problems)
         if parsed is not None:
@@ -213,29 +213,36 @@ def parse_for_rows(path: str, blob_id: str, data: bytes, rows_dir: str | None = 
     return result.problems, (model.domain, users, aliases, rows_digest(users, aliases), keys)
 
 
-def _parse_batch(batch: list[tuple[str, str, bytes]], rows_dir: str | None) -> list[ParseOutcome]:
-    return [parse_for_rows(path, blob_id, data, rows_dir) for path, blob_id, data in batch]
+def _parse_located(batch: list[tuple[str, str, Locator]], rows_dir: str | None) -> list[ParseOutcome]:
+    """A worker's share: read each file from the repository itself, then parse it."""
+    return [parse_for_rows(path, blob_id, read_located(where), rows_dir) for path, blob_id, where in batch]
 
 
-def _parse_all(items: list[tuple[str, str, bytes]], rows_dir: str | None = None) -> list[ParseOutcome]:
-    """Parse domain files, on every core when there is enough to parse; results in input order."""
+def _parse_all(
+    snapshot: Snapshot, items: list[tuple[str, str, int]], rows_dir: str | None = None
+) -> list[ParseOutcome]:
+    """Read and parse domain files, on every core when there is enough; results in input order.
+
+    Workers get where each file is (repository and blob id), not its bytes: they inflate the
+    blobs themselves, in parallel, and nothing big is pickled on the way in.
+    """
     workers = min(os.cpu_count() or 1, 4)
-    total = sum(len(d) for _, _, d in items)
+    total = sum(size for _, _, size in items)
     if workers < 2 or total < PARALLEL_PARSE_BYTES or len(items) < 2:
-        return _parse_batch(items, rows_dir)
+        return [parse_for_rows(path, blob_id, snapshot.read(path), rows_dir) for path, blob_id, _ in items]
     # Contiguous batches of about equal size, a few per worker, keep pickling overhead low.
     per_batch = max(total // (workers * 4), 1)
-    batches: list[list[tuple[str, str, bytes]]] = [[]]
+    batches: list[list[tuple[str, str, Locator]]] = [[]]
     size = 0
-    for item in items:
+    for path, blob_id, item_size in items:
         if size >= per_batch:
             batches.append([])
             size = 0
-        batches[-1].append(item)
-        size += len(item[2])
+        batches[-1].append((path, blob_id, snapshot.locate(path)))
+        size += item_size
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return [o for batch in pool.map(_parse_batch, batches, [rows_dir] * len(batches)) for o in batch]
+        return [o for batch in pool.map(_parse_located, batches, [rows_dir] * len(batches)) for o in batch]
 
 
 def _shape_problem(path: str) -> str | None:

@@ -403,6 +403,18 @@ def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange],
         h = have or empty
         if want is not None:
             digests[name] = want.digest()
+        if have is None and want is not None:
+            # A domain new to the database (every row of a cold apply): creates only, no matching.
+            users, aliases = want.users, want.aliases
+            for email in sorted(users):
+                address, hashed = users[email]
+                row = {"email": address, "password": hashed}
+                middle.append(RowChange(Action.CREATE, "virtual_users", email, name, None, row))
+            for pair in sorted(aliases):
+                source, destination = aliases[pair]
+                row = {"source": source, "destination": destination}
+                middle.append(RowChange(Action.CREATE, "virtual_aliases", f"{pair[0]} -> {pair[1]}", name, None, row))
+            continue
         for email in sorted(set(w.users) | set(h.users)):
             a, b = h.users.get(email), w.users.get(email)
             if a == b:

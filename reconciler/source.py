@@ -70,6 +70,31 @@ class Snapshot:
             return bytes(blob.data)
         return (Path(self.root) / path).read_bytes()
 
+    def locate(self, path: str) -> Locator:
+        """Where a file entry's content lives, for another process to read (``read_located``)."""
+        entry = self.entries[path]
+        if self._repo is not None:
+            return (self.root, entry.blob_id)
+        return ("", str(Path(self.root) / path))
+
+
+# (git repository, blob id), or ("", file path) for a folder snapshot: plain strings, picklable.
+Locator = tuple[str, str]
+_worker_repos: dict[str, pygit2.Repository] = {}
+
+
+def read_located(locator: Locator) -> bytes:
+    """The content ``Snapshot.locate`` points at; for short-lived worker processes (repos stay open)."""
+    root, ref = locator
+    if not root:
+        return Path(ref).read_bytes()
+    repo = _worker_repos.get(root)
+    if repo is None:
+        repo = _worker_repos[root] = pygit2.Repository(root)
+    blob = repo[ref]
+    assert isinstance(blob, pygit2.Blob)  # noqa: S101 - located entries are blobs by construction
+    return bytes(blob.data)
+
 
 def open_snapshot(repo: Path, rev: str | None = None) -> Snapshot:
     """Read ``rev`` of the git repository at ``repo``, or the folder ``repo`` as it is when rev is None."""

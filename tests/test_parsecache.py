@@ -130,6 +130,13 @@ def test_parallel_parse_equals_in_process(tmp_path: Path, monkeypatch: pytest.Mo
     assert sorted(p.name for p in (tmp_path / "parallel" / "rows").iterdir()) == sorted(
         p.name for p in (tmp_path / "serial" / "rows").iterdir()
     )
+    # A plain folder (validate --repo): the workers read the files from disk.
+    folder = open_snapshot(repo, None)
+    from_disk = validate_snapshot(folder)
+    assert from_disk.problems == serial.problems
+    assert {n: d.digest for n, d in from_disk.desired.domains.items()} == {
+        n: d.digest for n, d in serial.desired.domains.items()
+    }
     # Only valid domains were cached; the workers' rows files read back as the rows.
     reread = validate_snapshot(snapshot, cache=ParseCache(tmp_path / "parallel"))
     for name, data in serial.desired.domains.items():
