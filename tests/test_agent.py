@@ -657,3 +657,45 @@ def test_measure_push_to_live_latency_and_idle_cpu(agent_host: MailHost) -> None
         )
     finally:
         agent.stop()
+
+
+def _password_of(host: MailHost, email: str) -> str:
+    return next(row[1] for row in host.rows_fingerprint()["virtual_users"] if row[0] == email)
+
+
+def test_full_row_scan_every_full_scan_interval(mailhost: MailHost) -> None:
+    """Row checks trust the trigger-kept digests between full scans; a full scan catches a write that bypassed them.
+
+    An UPDATE with the triggers idled keeps every count and stored digest: the 1 s row checks do
+    not see it until the next full scan (here: the next agent's first check), which reverts it.
+    """
+    host = mailhost
+    configure(host, policy={"full_scan_interval": 3600})
+    agent = RunningAgent(host)
+    try:
+        agent.wait_state("synced", 20, host.git("rev-parse", "HEAD"))
+        wait_for(
+            lambda: any(e.get("event") == "drift.full_scan" for e in agent.log()), 10, "the first full scan", agent
+        )
+        good = _password_of(host, "john@example.org")
+        conn = host.db.root_connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET @reconciler_digest_off = 1")
+                cur.execute(
+                    "UPDATE mailserver.virtual_users SET password = %s WHERE email = %s",
+                    ("{BLF-CRYPT}$2y$05$bypassedbypassedbypassedbypassedbypassedbypassedbyp", "john@example.org"),
+                )
+            conn.commit()
+        finally:
+            conn.close()
+        time.sleep(3.5)  # three row checks on the stored digests
+        assert _password_of(host, "john@example.org") != good
+        assert sum(e.get("event") == "drift.full_scan" for e in agent.log()) == 1
+    finally:
+        assert agent.stop() == 0
+    agent = RunningAgent(host)
+    try:
+        wait_for(lambda: _password_of(host, "john@example.org") == good, 10, "the bypassing write reverted", agent)
+    finally:
+        assert agent.stop() == 0

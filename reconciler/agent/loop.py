@@ -152,6 +152,7 @@ class Agent:
         self._failures = 0  # consecutive temporary errors
         self._next_retry_at: datetime | None = None
         self._busy_since: float | None = None
+        self._last_full_scan = float("-inf")  # monotonic time of the last row check hashing every row
         self._running = False
         self._stop_reason = ""
         self.metrics = Metrics(lambda: self._head_moved_at)
@@ -302,6 +303,10 @@ class Agent:
             if self._state is not AgentState.DEGRADED:  # while degraded, the backoff timer retries
                 self.triggers.schedule(Reason.DRIFT_TIMER, self.cfg.policy.drift_check_interval)
 
+    def _full_scan_due(self) -> bool:
+        interval = self.cfg.policy.full_scan_interval
+        return interval == 0 or time.monotonic() - self._last_full_scan >= interval
+
     def start_ref_watcher_late(self) -> None:
         try:
             self.ref_watcher = RefWatcher(self.source.repo_path, self.source.branch, self._on_ref_event)
@@ -353,8 +358,12 @@ class Agent:
                 self._planned(head, head_moved, planned.plan, run)
                 return
             try:
-                # The periodic row check hashes every row; other checks trust the trigger-kept digests.
-                full_scan = Reason.DRIFT_TIMER in reasons
+                # Every [policy].full_scan_interval the periodic row check hashes every row; other
+                # checks trust the trigger-kept digests (and their counts).
+                full_scan = Reason.DRIFT_TIMER in reasons and self._full_scan_due()
+                if full_scan:
+                    self._last_full_scan = time.monotonic()
+                    log.info("drift.full_scan")
                 planned, result = engine.apply(cfg, head, should_apply=should_apply, full_scan=full_scan)
             finally:
                 self.config_watcher.applying(False)
