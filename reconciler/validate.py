@@ -188,7 +188,7 @@ def _keep_built(stage: Path, files: Mapping[str, DesiredFile], spec: TableSpec, 
     if spec.builder not in ("postmap", "postalias") or source is None or source.secrets:
         return spec
     if (stage / spec.name).read_bytes() != source.template:
-        return spec  # the staged copy differs (a live path rewritten): the live build would too
+        return spec  # the staged copy is not what goes live (a live path rewritten): neither is its build
     build_key = hashlib.sha256(f"{key}\0{spec.name}\0{spec.type}\0{spec.builder}".encode()).hexdigest()
     built = [stage / f"{spec.name}{suffix}" for suffix in built_suffixes(spec.type)]
     if not all(p.is_file() for p in built):
