@@ -373,7 +373,7 @@ class Applier:
             for c in changes:
                 if c.action is Action.CREATE and c.after is not None and c.table != "virtual_domains":
                     # The bulk of a large plan: one tuple per new row, no statement yet.
-                    after, ident = c.after, domain_ids.get(c.domain) or domain_id(c.domain)
+                    after, ident = c.after, domain_id(c.domain)
                     if c.table == "virtual_users":
                         user_inserts.append((ident, after["email"], after["password"]))
                     else:

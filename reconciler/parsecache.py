@@ -87,19 +87,6 @@ class ParseCache:
         aliases = tuple((str(s), str(d)) for s, d in data["aliases"])
         return users, aliases
 
-    def put(
-        self,
-        blob_id: str,
-        domain: str,
-        digest: tuple[int, int, int, int],
-        users: Iterable[Pair],
-        aliases: Iterable[Pair],
-    ) -> None:
-        """Remember a valid blob: its rows file, then its index entry."""
-        alias_list = list(aliases)
-        write_rows(self.rows_dir(), blob_id, list(users), alias_list)
-        self.remember(blob_id, domain, digest, tuple((s.casefold(), d.casefold()) for s, d in alias_list))
-
     def rows_dir(self) -> Path:
         """The directory of the rows files, created if missing (parse workers write into it)."""
         rows_dir = self.dir / "rows"

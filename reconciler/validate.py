@@ -144,7 +144,7 @@ def stage_files(
     References to the live config directory by absolute path point into the stage instead, so
     that Postfix checks the staged mysql-*.cf and tables rather than whatever is live.
     """
-    live = live_config_dir.rstrip("/").encode() + b"/"
+    live = _live_prefix(live_config_dir)
     for name, f in files.items():
         data = f.template.replace(live, str(stage).encode() + b"/")
         if f.secrets:
@@ -154,6 +154,11 @@ def stage_files(
             )
         (stage / name).write_bytes(data)
         backdate(stage / name)
+
+
+def _live_prefix(live_config_dir: str) -> bytes:
+    """What ``stage_files`` rewrites to the stage: the live config dir as a path prefix."""
+    return live_config_dir.rstrip("/").encode() + b"/"
 
 
 def _secret_value(ref: bytes, secrets: Mapping[str, bytes] | None) -> bytes:
@@ -180,14 +185,16 @@ def check_postfix_tree(
         tables, problems = _check_stage(stage, files, live_config_dir)
         if built_dir is None or problems:
             return tables, problems
-        return [_keep_built(stage, files, t, built_dir, stage_key) for t in tables], problems
+        return [_keep_built(stage, files, t, built_dir, stage_key, live_config_dir) for t in tables], problems
 
 
-def _keep_built(stage: Path, files: Mapping[str, DesiredFile], spec: TableSpec, built_dir: Path, key: str) -> TableSpec:
+def _keep_built(
+    stage: Path, files: Mapping[str, DesiredFile], spec: TableSpec, built_dir: Path, key: str, live_config_dir: str
+) -> TableSpec:
     source = files.get(spec.name)
     if spec.builder not in ("postmap", "postalias") or source is None or source.secrets:
         return spec
-    if (stage / spec.name).read_bytes() != source.template:
+    if _live_prefix(live_config_dir) in source.template:
         return spec  # the staged copy is not what goes live (a live path rewritten): neither is its build
     build_key = hashlib.sha256(f"{key}\0{spec.name}\0{spec.type}\0{spec.builder}".encode()).hexdigest()
     built = [stage / f"{spec.name}{suffix}" for suffix in built_suffixes(spec.type)]

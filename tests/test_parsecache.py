@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import reconciler.desired as desired_mod
-from reconciler.parsecache import ParseCache
+from reconciler.parsecache import ParseCache, write_rows
 from reconciler.source import open_snapshot
 from reconciler.validate import validate_snapshot
 
@@ -97,7 +97,8 @@ def test_open_reuses_the_loaded_index_until_another_writer_saves(tmp_path: Path)
     validate_snapshot(open_snapshot(repo, "HEAD"), cache=first)
     assert ParseCache.open(cache_dir) is first
     other = ParseCache(cache_dir)  # e.g. a CLI apply while the agent runs
-    other.put("0" * 40, "x.example", (0, 0, 0, 0), [], [])
+    write_rows(other.rows_dir(), "0" * 40, [], [])
+    other.remember("0" * 40, "x.example", (0, 0, 0, 0), ())
     other.save(["0" * 40])
     reloaded = ParseCache.open(cache_dir)
     assert reloaded is not first
@@ -116,6 +117,7 @@ def test_parallel_parse_equals_in_process(tmp_path: Path, monkeypatch: pytest.Mo
     snapshot = open_snapshot(repo, "HEAD")
     serial = validate_snapshot(snapshot, cache=ParseCache(tmp_path / "serial"))
     monkeypatch.setattr(desired_mod, "PARALLEL_PARSE_BYTES", 1)
+    monkeypatch.setattr(desired_mod.os, "cpu_count", lambda: 2)  # two workers even on a one-core machine
     parallel = validate_snapshot(snapshot, cache=ParseCache(tmp_path / "parallel"))
     assert parallel.problems == serial.problems
     assert {p.path for p in parallel.problems} >= {"domains/bad.example.yaml", "domains/broken.example.yaml"}
