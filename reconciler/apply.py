@@ -40,7 +40,7 @@ import structlog
 
 from reconciler.errors import ReconcilerError, TemporaryError
 from reconciler.parsecache import built_files
-from reconciler.plan import Action, Plan
+from reconciler.plan import Action, FileChange, Plan
 from reconciler.postfix import ToolResult, backdate, postalias, postfix_cmd, postmap, run_tool
 from reconciler.state import Inventory, StateDir, atomic_write, fsync_dir
 from reconciler.verify import check_health
@@ -49,6 +49,7 @@ log = structlog.get_logger("reconciler.apply")
 
 NEW = ".reconciler-new"
 BAK = ".reconciler-bak"
+BUILD_DIR = ".reconciler-conf"  # the directory of the main.cf tables are built against
 LOCK_NAME_PREFIX = "reconciler:"
 # Row changes from which writing the touched domains' digests once beats per-row trigger upserts
 # (tests lower it to run the bulk path on small plans).
@@ -304,6 +305,12 @@ class Applier:
 
     def _build(self, plan: Plan, journal: _Journal) -> None:
         files = {c.name: c for c in plan.files}
+        if not any(c.action is Action.REBUILD for c in plan.tables):
+            return
+        with build_config(self.config_dir, files.get("main.cf")) as build_dir:
+            self._build_tables(plan, journal, files, build_dir)
+
+    def _build_tables(self, plan: Plan, journal: _Journal, files: Mapping[str, FileChange], build_dir: Path) -> None:
         for change in plan.tables:
             if change.action is not Action.REBUILD:
                 continue
@@ -326,7 +333,7 @@ class Applier:
                 log.info("table.reused", table=table.name)  # the staged check's build of the same bytes
             else:
                 res = (postalias if table.builder == "postalias" else postmap)(
-                    self.config_dir, f"{table.type}:{tmp_source}"
+                    build_dir, f"{table.type}:{tmp_source}"
                 )
                 diags = [d.text for d in res.diagnostics]
                 if res.returncode != 0 or diags:
@@ -509,6 +516,32 @@ def _store_digests(cur: Any, plan: Plan, domain_id: Callable[[str], int]) -> Non
         )
 
 
+@contextlib.contextmanager
+def build_config(config_dir: Path, main_cf: FileChange | None) -> Iterator[Path]:
+    """A private directory holding the main.cf the tables are built against: the new one.
+
+    ``postmap -c DIR`` reads DIR/main.cf. The live one may not exist yet (a first apply onto
+    Debian's "No configuration" install) or may be about to change, so tables are built against
+    the main.cf of the plan (else the live one, else an empty one), in a 0700 directory inside
+    the config dir (main.cf may hold a secret), removed afterwards.
+    """
+    build_dir = config_dir / f".build{BUILD_DIR}"
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(mode=0o700)
+    try:
+        if main_cf is not None and main_cf.content is not None:
+            content = main_cf.content
+        else:
+            try:
+                content = (config_dir / "main.cf").read_bytes()
+            except FileNotFoundError:
+                content = b""
+        _write_new(build_dir / "main.cf", content, 0o600, "root")
+        yield build_dir
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
 def _copy_built(prebuilt: list[Path], tmp_source: Path, suffixes: tuple[str, ...]) -> bool:
     """Copy the staged check's built files beside the new source; False (and nothing left) if one is gone."""
     targets = [Path(f"{tmp_source}{suffix}") for suffix in suffixes]
@@ -573,6 +606,9 @@ def finish_committed(journal: _Journal) -> None:
 def cleanup_temps(config_dir: Path) -> None:
     """Remove leftovers of an apply that never reached its journal."""
     for path in config_dir.glob(".*.reconciler-*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
