@@ -332,9 +332,7 @@ class Applier:
             if prebuilt is not None and _copy_built(prebuilt, tmp_source, table.built_suffixes):
                 log.info("table.reused", table=table.name)  # the staged check's build of the same bytes
             else:
-                res = (postalias if table.builder == "postalias" else postmap)(
-                    build_dir, f"{table.type}:{tmp_source}"
-                )
+                res = (postalias if table.builder == "postalias" else postmap)(build_dir, f"{table.type}:{tmp_source}")
                 diags = [d.text for d in res.diagnostics]
                 if res.returncode != 0 or diags:
                     raise ApplyFailed(Step.BUILD, f"{table.builder} {table.name}: " + "; ".join(diags or ["failed"]))
