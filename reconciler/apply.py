@@ -38,6 +38,7 @@ from typing import Any
 import pymysql.err
 import structlog
 
+from reconciler.db import rebuild_digests
 from reconciler.errors import ReconcilerError, TemporaryError
 from reconciler.parsecache import built_files
 from reconciler.plan import Action, FileChange, Plan
@@ -493,6 +494,18 @@ class Applier:
         with contextlib.suppress(FileNotFoundError):
             self.state.journal_path.unlink()
         return ok
+
+
+def repair_digests(conn: Any) -> None:
+    """Rebuild ``reconciler_digest`` from every row and commit: the agent's own bookkeeping.
+
+    Called by ``engine.apply`` when the observer found the stored digests stale, before the plan's
+    row writes (whose triggers then update exact digests); never by a dry run.
+    """
+    with conn.cursor() as cur:
+        rebuild_digests(cur)
+    conn.commit()
+    log.warning("digests.rebuilt", reason="reconciler_digest disagreed with the rows")
 
 
 def _store_digests(cur: Any, plan: Plan, domain_id: Callable[[str], int]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover
+from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover, repair_digests
 from reconciler.db import connect
 from reconciler.errors import InvalidRevision, PermanentError, SourceError
 from reconciler.models import AgentConfig
@@ -194,6 +194,8 @@ def apply(
         except PermanentError as exc:
             state.record_failed(revision, str(exc))
             raise
+        if planned.observed.stale_digests:
+            repair_digests(conn)  # an apply step (as init-db): the dry run only reports them stale
         if planned.plan.empty or (should_apply is not None and not should_apply(planned)):
             conn.rollback()
             return planned, ApplyResult(changed=False)

@@ -14,6 +14,7 @@ from conftest import PostfixFactory
 from mailhost import MailHost
 from test_agent import RunningAgent, configure
 
+from reconciler.observed import read_digests
 from reconciler.sandbox import MariaDB
 
 
@@ -53,3 +54,57 @@ def test_agent_first_apply_onto_a_config_dir_without_main_cf(fresh_host: MailHos
         assert (host.postfix.config_dir / "relay_password.db").is_file()
     finally:
         assert agent.stop() == 0
+
+
+def _checksums(host: MailHost) -> dict[str, int]:
+    conn = host.db.root_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (host.db.database,))
+            names = sorted(str(r[0]) for r in cur.fetchall())
+            out = {}
+            for name in names:
+                cur.execute(f"CHECKSUM TABLE mailserver.`{name}`")  # a name read from information_schema
+                out[name] = int(cur.fetchone()[1])
+            return out
+    finally:
+        conn.close()
+
+
+def _bypass_triggers(host: MailHost) -> None:
+    """A row written with the digest triggers idle: reconciler_digest is stale afterwards."""
+    conn = host.db.root_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET @reconciler_digest_off = 1")
+            cur.execute(
+                "INSERT INTO mailserver.virtual_users (domain_id, email, password) "
+                "SELECT id, 'sneaky@example.org', '{PLAIN}x' FROM mailserver.virtual_domains WHERE name = 'example.org'"
+            )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_diff_with_stale_digests_writes_no_row(mailhost: MailHost) -> None:
+    """`diff` with stale stored digests changes no table (CHECKSUM TABLE of each) and no file; apply repairs them."""
+    host = mailhost
+    assert host.cli("apply").returncode == 0
+    _bypass_triggers(host)
+    before, files = _checksums(host), host.files_fingerprint()
+    assert "reconciler_digest" in before
+    for args in (("diff",), ("diff", "--format", "json")):
+        res = host.cli(*args)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "sneaky@example.org" in res.stdout
+    assert _checksums(host) == before
+    assert host.files_fingerprint() == files
+    res = host.cli("apply")
+    assert res.returncode == 0, res.stderr
+    assert "digests.rebuilt" in res.stderr
+    assert host.cli("diff").returncode == 0
+    conn = host.db.connect(autocommit=True)
+    try:
+        assert read_digests(conn, full_scan=True)[1] is False  # stored digests equal the rows again
+    finally:
+        conn.close()
