@@ -75,14 +75,19 @@ class Step(StrEnum):
 
 
 class ApplyFailed(ReconcilerError):
-    """A step failed; everything was rolled back (``rolled_back``) or could not be (see message)."""
+    """A step failed; everything was rolled back (``rolled_back``) or could not be (see message).
 
-    def __init__(self, step: Step, message: str, *, rolled_back: bool = True, temporary: bool = False) -> None:
+    ``cause`` is what broke the step; ``reconciler.outcome`` decides from it whose fault it was.
+    """
+
+    def __init__(
+        self, step: Step, message: str, *, rolled_back: bool = True, cause: BaseException | None = None
+    ) -> None:
         super().__init__(f"{step.value}: {message}")
         self.step = step
         self.detail = message
         self.rolled_back = rolled_back
-        self.temporary = temporary  # the cause was outside the revision (database down, lock held)
+        self.cause = cause
 
 
 class InjectedFault(Exception):
@@ -266,11 +271,10 @@ class Applier:
             _fault(step)
             self.conn.commit()
         except Exception as exc:
-            detail = exc.detail if isinstance(exc, ApplyFailed) else str(exc)
+            detail = exc.detail if isinstance(exc, ApplyFailed) else _describe(exc)
             log.warning("apply.rollback", step=step.value, error=detail)
             rolled = self._rollback(journal, step, txn_open, postfix_running)
-            temporary = isinstance(exc, TemporaryError | pymysql.err.OperationalError)
-            raise ApplyFailed(step, detail, rolled_back=rolled, temporary=temporary) from None
+            raise ApplyFailed(step, detail, rolled_back=rolled, cause=exc) from None
         # Past the commit point: only clean-up remains, and recovery would redo it.
         _fault(Step.COMMIT, 1)  # test-only: a crash right after the commit point must roll forward
         self._release_lock()
@@ -564,6 +568,15 @@ def _copy_built(prebuilt: list[Path], tmp_source: Path, suffixes: tuple[str, ...
             target.unlink(missing_ok=True)
         return False
     return True
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's text for the status: an OSError with its path, a database error with its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args:
+        return f"database: {exc.args[-1]}"
+    return str(exc)
 
 
 def _v(values: Mapping[str, str] | None, key: str) -> str:

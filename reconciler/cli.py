@@ -100,10 +100,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """One transactional reconcile; exit 0 applied or nothing to do, 1 rejected or rolled back."""
+    """One transactional reconcile; exit 0 applied or nothing to do, 1 rejected or rolled back, 2 could not run.
+
+    Which of 1 and 2 is decided by ``reconciler.outcome``: the revision's fault exits 1, the
+    host's (a missing secret) or a temporary one (database, lock, disk space) exits 2.
+    """
+    import pymysql.err
+
     from reconciler.apply import ApplyFailed
     from reconciler.engine import apply
-    from reconciler.errors import InvalidRevision, PermanentError
+    from reconciler.errors import Fault, InvalidRevision
+    from reconciler.outcome import classify
 
     cfg = read_config(args.config)
     try:
@@ -113,13 +120,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"reconciler: revision rejected: {len(exc.problems)} problem(s); nothing changed", file=sys.stderr)
         return EXIT_FAIL
-    except ApplyFailed as exc:
-        state = "rolled back" if exc.rolled_back else "ROLLBACK INCOMPLETE, check the host"
-        print(f"reconciler: apply failed at step {exc.step.value}: {exc.detail}; {state}", file=sys.stderr)
-        return EXIT_FAIL
-    except PermanentError as exc:
-        print(f"reconciler: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+    except (ReconcilerError, pymysql.err.MySQLError, OSError) as exc:
+        outcome = classify(exc)
+        if isinstance(exc, ApplyFailed):
+            state = "rolled back" if exc.rolled_back else "ROLLBACK INCOMPLETE, check the host"
+            message = f"apply failed at step {exc.step.value}: {exc.detail}; {state}"
+        else:
+            message = outcome.error
+        if outcome.fault is Fault.HOST:
+            message += "; the host must fix this (the revision is not marked failed)"
+        elif outcome.fault is Fault.TEMPORARY:
+            message += "; temporary, try again later"
+        print(f"reconciler: {message}", file=sys.stderr)
+        return outcome.exit_code
     rev = (planned.snapshot.revision or "")[:12]
     if not result.changed:
         print(f"revision {rev}: in sync, nothing to do")
@@ -300,6 +313,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ReconcilerError as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # a database or filesystem error: a clear line, exit 2, never a traceback
+        import pymysql.err
+
+        if not isinstance(exc, pymysql.err.MySQLError | OSError):
+            raise
+        from reconciler.outcome import classify
+
+        print(f"reconciler: {classify(exc).error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR

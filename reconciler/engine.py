@@ -20,12 +20,13 @@ import structlog
 
 from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover, repair_digests
 from reconciler.db import connect
-from reconciler.errors import InvalidRevision, PermanentError, SourceError
+from reconciler.errors import Fault, InvalidRevision, PermanentError, ReconcilerError, SourceError
 from reconciler.models import AgentConfig
 from reconciler.observed import observe
+from reconciler.outcome import fault_of
 from reconciler.parsecache import ParseCache
 from reconciler.plan import Action, Observed, Plan, desired_from, lazy_domain_rows, plan
-from reconciler.secrets import SecretError, load_secrets
+from reconciler.secrets import load_secrets
 from reconciler.signatures import SignatureRejected, verify_commit
 from reconciler.source import Snapshot, open_snapshot
 from reconciler.state import StateDir
@@ -133,7 +134,7 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     """Check the signature, validate the revision, observe the host, plan and apply the policies.
 
     Raises ``PermanentError`` subclasses (``InvalidRevision``, ``SignatureRejected``,
-    ``MassDeletionRefused``, ``SecretError``) before anything live changes.
+    ``MassDeletionRefused``) or a ``SecretError`` (the host's) before anything live changes.
     """
     started = time.monotonic()
     check_signature(cfg, snapshot)
@@ -189,10 +190,11 @@ def apply(
             )
         try:
             planned = make_plan(cfg, snapshot, state, conn, full_scan=full_scan)
-        except SecretError:
-            raise  # a host problem, not the revision's: retried once the secret is in place
-        except PermanentError as exc:
-            state.record_failed(revision, str(exc))
+        except ReconcilerError as exc:
+            # Only the revision's own faults park it; a missing secret is the host's (retried once
+            # the secret is in place), a database outage nobody's.
+            if fault_of(exc) is Fault.REVISION:
+                state.record_failed(revision, str(exc))
             raise
         if planned.observed.stale_digests:
             repair_digests(conn)  # an apply step (as init-db): the dry run only reports them stale
@@ -203,7 +205,7 @@ def apply(
         try:
             result = applier.apply(planned.plan, postfix_running=planned.observed.postfix_running)
         except ApplyFailed as exc:
-            if not exc.temporary:
+            if fault_of(exc) is Fault.REVISION:
                 state.record_failed(revision, str(exc))
             raise
         state.clear_failed(revision)

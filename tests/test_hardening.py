@@ -108,3 +108,42 @@ def test_diff_with_stale_digests_writes_no_row(mailhost: MailHost) -> None:
         assert read_digests(conn, full_scan=True)[1] is False  # stored digests equal the rows again
     finally:
         conn.close()
+
+
+@pytest.fixture
+def agent_ready(mailhost: MailHost) -> MailHost:
+    """A mail host configured for ``RunningAgent`` (an [api] port, a 1 s row check)."""
+    configure(mailhost)
+    return mailhost
+
+
+def test_missing_secret_waits_for_the_host_then_applies(agent_ready: MailHost) -> None:
+    """A missing secret leaves the agent degraded naming it (not failed); writing the file is enough to sync."""
+    host = agent_ready
+    secret = host.secrets / "relay_password"
+    value = secret.read_text()
+    secret.unlink()
+    assert host.cli("apply").returncode == 2  # the host's fault: could not run, nothing recorded
+    assert not (host.state / "failed.json").exists()
+    agent = RunningAgent(host)
+    try:
+        status = agent.wait_state("degraded", 20)
+        assert status["missing_secrets"] == ["relay_password"]
+        assert "relay_password" in status["last_attempt"]["error"]
+        assert status["last_attempt"]["result"] == "error"
+        assert status["applied_revision"] is None
+        secret.write_text(value)
+        secret.chmod(0o600)
+        status = agent.wait_state("synced", 15)  # well before the slow retry (HOST_RETRY, 60 s)
+        assert status["missing_secrets"] == []
+        assert status["applied_revision"] == host.git("rev-parse", "HEAD")
+        # Unsafe permissions are the host's fault too, named the same way.
+        secret.chmod(0o644)
+        host.edit("postfix/main.cf", lambda t: t.replace("delay_warning_time = 6h", "delay_warning_time = 5h"))
+        head = host.commit("a change while the secret is world-readable")
+        status = agent.wait_state("degraded", 15, head)
+        assert status["missing_secrets"] == ["relay_password"] and "chmod 600" in status["last_attempt"]["error"]
+        secret.chmod(0o600)
+        agent.wait_state("synced", 15, head)
+    finally:
+        assert agent.stop() == 0
