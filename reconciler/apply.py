@@ -662,6 +662,33 @@ def restore_service(config_dir: Path, *, restart: bool, timeout: float) -> bool:
     return health.ok
 
 
+def _recover_unreadable(state: StateDir, config_dir: Path, exc: Exception, health_timeout: float) -> str:
+    """Recovery without a readable journal (torn by a power loss, or edited): put back what can be.
+
+    Every backup beside a live file (``.NAME.reconciler-bak``) is renamed back and temporaries are
+    removed, so every file an apply replaced or deleted is old again; the rows are whatever the
+    database committed. Files the lost apply created stay. The inventory's revision is forgotten,
+    so that the next apply plans from the live state alone and converges to its revision.
+    """
+    log.warning("apply.journal_unreadable", path=str(state.journal_path), error=str(exc).splitlines()[0])
+    restored = 0
+    if config_dir.is_dir():
+        for backup in sorted(config_dir.glob(f".*{BAK}")):
+            live = backup.with_name(backup.name[1 : -len(BAK)])
+            os.replace(backup, live)
+            restored += 1
+        cleanup_temps(config_dir)
+        fsync_dir(config_dir)
+    inventory = state.read_inventory()
+    state.write_inventory(Inventory(None, inventory.files, inventory.tables))
+    if restored and postfix_cmd(config_dir, "status", timeout=30).returncode == 0:
+        restore_service(config_dir, restart=False, timeout=health_timeout)
+    os.replace(state.journal_path, state.journal_path.with_name(f"{state.journal_path.name}.corrupt"))
+    fsync_dir(state.path)
+    log.info("apply.recovered", outcome="restored backups", restored=restored, revision=None)
+    return "restored backups"
+
+
 def recover(state: StateDir, conn: Any, config_dir: Path, health_timeout: float = 10.0) -> str | None:
     """Finish or undo an interrupted apply; returns what was done, None when there was nothing.
 
@@ -674,6 +701,8 @@ def recover(state: StateDir, conn: Any, config_dir: Path, health_timeout: float 
         if config_dir.is_dir():
             cleanup_temps(config_dir)
         return None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return _recover_unreadable(state, config_dir, exc, health_timeout)
     config_dir = Path(journal.config_dir)
     committed = journal.phase == "committed"
     if not committed and journal.phase == "swapping":

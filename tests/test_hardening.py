@@ -6,6 +6,7 @@ secret that the host (not the revision) must fix, and state files truncated as b
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,3 +148,102 @@ def test_missing_secret_waits_for_the_host_then_applies(agent_ready: MailHost) -
         agent.wait_state("synced", 15, head)
     finally:
         assert agent.stop() == 0
+
+
+def _events(stderr: str) -> list[str]:
+    out = []
+    for line in stderr.splitlines():
+        try:
+            out.append(str(json.loads(line).get("event", "")))
+        except ValueError:
+            continue
+    return out
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: max(1, len(data) // 2)])
+
+
+def test_truncated_journal_is_recovered_with_one_warning(mailhost: MailHost) -> None:
+    """A journal torn after a crash mid-swap: backups are put back, one warning, and the next apply converges."""
+    host = mailhost
+    assert host.cli("apply").returncode == 0
+    host.add_mailbox("torn@example.net")
+    host.edit("postfix/main.cf", lambda t: t.replace("delay_warning_time = 6h", "delay_warning_time = 3h"))
+    host.edit("postfix/canonical", lambda t: t + "torn torn@example.net\n")
+    host.commit("torn journal")
+    assert host.cli("apply", env={"RECONCILER_TEST_KILL_AT": "swap:2"}).returncode == -9
+    journal = host.state / "journal.json"
+    _truncate(journal)
+    res = host.cli("diff")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert _events(res.stderr).count("apply.journal_unreadable") == 1
+    assert not journal.exists() and (host.state / "journal.json.corrupt").exists()
+    assert not list(host.postfix.config_dir.glob(".*reconciler*"))
+    assert "delay_warning_time = 6h" in (host.postfix.config_dir / "main.cf").read_text()  # the backup is back
+    assert host.postfix.is_running()
+    res = host.cli("apply")
+    assert res.returncode == 0, res.stderr
+    assert "journal_unreadable" not in res.stderr
+    assert host.cli("diff").returncode == 0
+    assert host.rcpt("torn@example.net") == 250
+
+
+def test_torn_state_files_and_parse_cache_are_rebuilt(mailhost: MailHost) -> None:
+    """Torn history, status, inventory, failed-revisions and parse-cache files: one warning each, no traceback, right plan."""
+    host = mailhost
+    assert host.cli("apply").returncode == 0
+    (host.state / "history.json").write_text('[{"revision": "ab')
+    (host.state / "status.json").write_text('{"state": "syn')
+    (host.state / "failed.json").write_text("{")
+    parsed = host.state / "parsed"
+    for path in [parsed / "index.json", parsed / "stage.json", *sorted((parsed / "rows").iterdir())]:
+        _truncate(path)
+    res = host.cli("status")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert _events(res.stderr).count("status.unreadable") == 1
+    res = host.cli("diff")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert _events(res.stderr).count("parse_cache.unreadable") == 1
+    res = host.cli("apply")  # reads failed.json
+    assert res.returncode == 0 and "nothing to do" in res.stdout, res.stdout + res.stderr
+    assert _events(res.stderr).count("state.unreadable") == 1
+    # A torn inventory, and torn rows files under a good index: read only when a domain differs.
+    _truncate(host.state / "inventory.json")
+    _rogue_password(host)
+    for path in sorted((parsed / "rows").iterdir()):
+        _truncate(path)
+    res = host.cli("diff")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    events = _events(res.stderr)
+    assert events.count("state.unreadable") == 1 and events.count("parse_cache.rows_unreadable") == 1, events
+    assert "virtual_users update john@example.org" in res.stdout
+    assert host.cli("apply").returncode == 0
+    assert host.cli("diff").returncode == 0
+
+
+def _rogue_password(host: MailHost) -> None:
+    conn = host.db.root_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("UPDATE mailserver.virtual_users SET password = '{PLAIN}x' WHERE email = 'john@example.org'")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_torn_history_is_started_afresh(tmp_path: Path) -> None:
+    """A torn history.json reads as no history, with one warning, instead of stopping the agent."""
+    from structlog.testing import capture_logs
+
+    from reconciler.agent.history import Records
+
+    (tmp_path / "history.json").write_bytes(b'[{"revision": "ab')
+    records = Records(tmp_path)
+    with capture_logs() as logs:
+        assert records.history() == []
+    assert [e["event"] for e in logs] == ["history.unreadable"]

@@ -38,7 +38,7 @@ class Records:
             return _ATTEMPTS.validate_json((self.dir / HISTORY_FILE).read_bytes())[:HISTORY_SIZE]
         except FileNotFoundError:
             return []
-        except ValidationError as exc:
+        except ValidationError as exc:  # torn by a power loss: started afresh, rewritten by the next attempt
             log.warning("history.unreadable", path=str(self.dir / HISTORY_FILE), error=str(exc).splitlines()[0])
             return []
 
@@ -69,5 +69,6 @@ def read_status(state_dir: Path) -> Status | None:
         return None
     try:
         return Status.model_validate(json.loads(data))
-    except (ValueError, ValidationError):
+    except (ValueError, ValidationError) as exc:  # torn by a power loss: rewritten by the agent's next change
+        log.warning("status.unreadable", path=str(state_dir / STATUS_FILE), error=str(exc).splitlines()[0])
         return None
