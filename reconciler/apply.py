@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -52,11 +53,14 @@ NEW = ".reconciler-new"
 BAK = ".reconciler-bak"
 BUILD_DIR = ".reconciler-conf"  # the directory of the main.cf tables are built against
 LOCK_NAME_PREFIX = "reconciler:"
+LOCK_TIMEOUT_ENV = "RECONCILER_LOCK_TIMEOUT"  # seconds a command waits for the host lock (default 600)
 # Row changes from which writing the touched domains' digests once beats per-row trigger upserts
 # (tests lower it to run the bulk path on small plans).
 BULK_ROWS = int(os.environ.get("RECONCILER_TEST_BULK_ROWS", "20000"))
 FAULT_ENV = "RECONCILER_TEST_FAIL_AT"  # test-only: name of a step that must fail
 CRASH_ENV = "RECONCILER_TEST_KILL_AT"  # test-only: name of a step where the process kills itself
+PAUSE_ENV = "RECONCILER_TEST_PAUSE_AT"  # test-only: name of a step where the apply waits (once) ...
+PAUSE_FILE_ENV = "RECONCILER_TEST_PAUSE_FILE"  # ... until this file, which it creates, reads "go"
 
 
 class Step(StrEnum):
@@ -103,6 +107,22 @@ def _fault(step: Step, index: int = 0) -> None:
     crash = os.environ.get(CRASH_ENV)
     if crash and crash in names:
         os.kill(os.getpid(), signal.SIGKILL)
+    pause, pause_file = os.environ.get(PAUSE_ENV), os.environ.get(PAUSE_FILE_ENV)
+    if pause and pause_file and pause in names:
+        _pause(Path(pause_file))
+
+
+def _pause(marker: Path) -> None:
+    """Test-only: wait at a step while a fault campaign kills something; once per marker file."""
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # paused before: later applies run through
+    os.write(fd, f"paused {os.getpid()}\n".encode())
+    os.close(fd)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not marker.read_text().startswith("go"):
+        time.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -163,23 +183,50 @@ class _Journal:
 
 
 @contextlib.contextmanager
-def host_lock(state: StateDir, timeout: float = 600.0) -> Iterator[None]:
-    """One apply at a time per host: an exclusive flock on the state dir's lock file."""
+def host_lock(state: StateDir, timeout: float | None = None) -> Iterator[None]:
+    """One apply at a time per host: an exclusive flock on the state dir's lock file.
+
+    A second command waits for the first (``[state]`` lock, up to ``timeout`` seconds, default
+    ``RECONCILER_LOCK_TIMEOUT`` or 600), saying once who holds it; then it gives up with a
+    ``TemporaryError`` (``reconciler apply`` exits 2). The holder's pid and command are written
+    into the lock file for that message.
+    """
+    if timeout is None:
+        timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, "600"))
     state.ensure()
     fd = os.open(state.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + timeout
     try:
+        warned = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = _lock_holder(state.lock_path)
                 if time.monotonic() > deadline:
-                    raise TemporaryError("another apply holds the host lock") from None
+                    raise TemporaryError(
+                        f"another reconcile holds the host lock {state.lock_path} ({holder}); "
+                        f"gave up after {timeout:.0f} s"
+                    ) from None
+                if not warned:
+                    log.warning("lock.waiting", lock=str(state.lock_path), holder=holder, timeout=timeout)
+                    warned = True
                 time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} {' '.join(sys.argv[1:])[:200]}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "unknown process"
 
 
 def _chgrp(path: Path, group: str, mode: int) -> None:
@@ -274,7 +321,8 @@ class Applier:
             detail = exc.detail if isinstance(exc, ApplyFailed) else _describe(exc)
             log.warning("apply.rollback", step=step.value, error=detail)
             rolled = self._rollback(journal, step, txn_open, postfix_running)
-            raise ApplyFailed(step, detail, rolled_back=rolled, cause=exc) from None
+            cause = exc.cause if isinstance(exc, ApplyFailed) else exc
+            raise ApplyFailed(step, detail, rolled_back=rolled, cause=cause) from None
         # Past the commit point: only clean-up remains, and recovery would redo it.
         _fault(Step.COMMIT, 1)  # test-only: a crash right after the commit point must roll forward
         self._release_lock()
@@ -466,7 +514,12 @@ class Applier:
             res = postfix_cmd(self.config_dir, "reload", timeout=60)
         if res.returncode != 0:
             detail = "; ".join(d.text for d in res.diagnostics) or f"exit {res.returncode}"
-            raise ApplyFailed(Step.SERVICE, f"postfix {action.value}: {detail}")
+            cause: BaseException | None = None
+            if postfix_cmd(self.config_dir, "status", timeout=30).returncode != 0:
+                # The master died under us (killed, OOM): not the revision's fault, worth a retry.
+                cause = TemporaryError("the Postfix master is not running")
+                detail += " (the Postfix master is not running)"
+            raise ApplyFailed(Step.SERVICE, f"postfix {action.value}: {detail}", cause=cause)
 
     def _release_lock(self) -> None:
         with contextlib.suppress(Exception), self.conn.cursor() as cur:

@@ -132,9 +132,13 @@ class ParseCache:
         Tables are ``[name, type, builder, parameters, build_key]``; built files kept for other
         trees are removed.
         """
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         doc = {"format": FORMAT, "key": key, "tables": tables}
-        atomic_write(self.dir / "stage.json", json.dumps(doc).encode(), fsync=False)
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write(self.dir / "stage.json", json.dumps(doc).encode(), fsync=False)
+        except OSError as exc:  # a cache: a full or read-only state dir costs speed, not the reconcile
+            log.warning("parse_cache.write_failed", path=str(self.dir / "stage.json"), error=str(exc))
+            return
         keep = {str(t[4]) for t in tables if t[4]}
         with contextlib.suppress(FileNotFoundError):
             for entry in (self.dir / "built").iterdir():
@@ -167,8 +171,12 @@ class ParseCache:
                 for b, c in self._index.items()
             },
         }
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write(self.dir / "index.json", json.dumps(doc, separators=(",", ":")).encode(), fsync=False)
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write(self.dir / "index.json", json.dumps(doc, separators=(",", ":")).encode(), fsync=False)
+        except OSError as exc:  # a cache: the next run parses again
+            log.warning("parse_cache.write_failed", path=str(self.dir / "index.json"), error=str(exc))
+            return
         self._dirty = False
         self._stamp = _stamp(self.dir / "index.json")
 
@@ -186,7 +194,10 @@ def write_rows(
 ) -> None:
     """Write ``rows/<blob>.json`` (no fsync: the cache is rebuilt from git if it is lost)."""
     body = json.dumps({"users": users, "aliases": aliases}, separators=(",", ":"))
-    atomic_write(rows_dir / f"{blob_id}.json", body.encode(), fsync=False)
+    try:
+        atomic_write(rows_dir / f"{blob_id}.json", body.encode(), fsync=False)
+    except OSError as exc:  # a full state dir: the rows are parsed again from git when needed
+        log.warning("parse_cache.write_failed", path=str(rows_dir / f"{blob_id}.json"), error=str(exc))
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
