@@ -245,6 +245,8 @@ def _write_new(path: Path, content: bytes, mode: int, group: str) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except OSError as exc:  # a full disk: say which file (os.write does not)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         os.close(fd)
     _chgrp(path, group, mode)

@@ -36,9 +36,11 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, fsync: bool = Tr
                 os.fsync(fd)
         finally:
             os.close(fd)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):  # a full disk: leave no partial temporary taking space
             tmp.unlink()
+        if isinstance(exc, OSError) and not exc.filename:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # say which file
         raise
     os.replace(tmp, path)
     if fsync:

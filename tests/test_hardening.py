@@ -237,7 +237,7 @@ def _rogue_password(host: MailHost) -> None:
 
 
 def test_torn_history_is_started_afresh(tmp_path: Path) -> None:
-    """A torn history.json reads as no history, with one warning, instead of stopping the agent."""
+    """A torn history.json reads as no history, with one warning (it is set aside), instead of stopping the agent."""
     from structlog.testing import capture_logs
 
     from reconciler.agent.history import Records
@@ -246,4 +246,6 @@ def test_torn_history_is_started_afresh(tmp_path: Path) -> None:
     records = Records(tmp_path)
     with capture_logs() as logs:
         assert records.history() == []
+        assert records.history() == []
     assert [e["event"] for e in logs] == ["history.unreadable"]
+    assert (tmp_path / "history.json.corrupt").exists()

@@ -542,7 +542,11 @@ class Agent:
         """Prepend ``attempt`` to the history (persisted, except in a dry run); call with the lock held."""
         if self.dry_run:
             return [attempt, *self._history][:50]
-        return self.records.add(attempt, self._history)
+        try:
+            return self.records.add(attempt, self._history)
+        except OSError as exc:  # a full or read-only state dir: kept in memory, written with the next one
+            log.warning("history.write_failed", error=str(exc))
+            return [attempt, *self._history][:50]
 
     def _set_head(self, head: str) -> None:
         with self._lock:
