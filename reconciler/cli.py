@@ -78,6 +78,37 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_pre_receive(args: argparse.Namespace) -> int:
+    """git's pre-receive hook: exit 0 accepts the push, 1 refuses it, 2 could not judge (git refuses too)."""
+    from reconciler.prereceive import check_push, parse_updates
+
+    cfg = read_config(args.config)
+    repo = Path(os.environ.get("GIT_DIR") or ".").resolve()
+    try:
+        verdicts = check_push(cfg, repo, parse_updates(sys.stdin))
+    except ReconcilerError:
+        raise  # exit 2 through main(), with its message
+    except Exception as exc:  # fail closed: whatever went wrong, the push is not accepted
+        log.exception("prereceive.crashed")
+        print(f"reconciler: pre-receive could not check the push: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    refused = 0
+    for verdict in verdicts:
+        if not verdict.checked:
+            continue
+        rev = verdict.update.new[:12]
+        for problem in verdict.problems:
+            print(problem, file=sys.stderr)
+        if verdict.problems:
+            refused += 1
+            print(
+                f"reconciler: {verdict.update.ref} {rev} refused: {len(verdict.problems)} problem(s)", file=sys.stderr
+            )
+        else:
+            print(f"reconciler: {verdict.update.ref} {rev}: valid", file=sys.stderr)
+    return EXIT_FAIL if refused else EXIT_OK
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     """Dry run: print what ``apply`` would change; exit 0 in sync, 1 changes pending."""
     from reconciler.engine import diff
@@ -285,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the agent's status (from its API, else as last recorded)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("pre-receive", help="git pre-receive hook: refuse a push whose branch head is invalid")
+    p.set_defaults(func=cmd_pre_receive)
 
     p = sub.add_parser("init-db", help="create or upgrade the MySQL tables")
     p.set_defaults(func=cmd_init_db)
