@@ -54,7 +54,7 @@ from reconciler.status import Attempt, AttemptResult
 log = structlog.get_logger("reconciler.agent.notify")
 
 QUEUE_SIZE = 256
-TRIES = 6  # per message: the first and five retries, about a minute in all with the defaults
+TRIES = 6  # per message: the first and five retries, 15 to 31 s of backoff in all with the defaults
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 30.0
 TIMEOUT = 5.0  # seconds per request
