@@ -27,7 +27,7 @@ from mailhost import RELAY_SECRET, MailHost
 from test_agent import RunningAgent, configure, wait_for
 
 from reconciler.agent.metrics import NotifyResult
-from reconciler.agent.notify import CommitState, Forge, Notifier, commit_status_request
+from reconciler.agent.notify import Channel, CommitState, Forge, Notifier, commit_status_request
 from reconciler.agent.redact import MASK, Redactor
 from reconciler.models import AgentConfig
 from reconciler.sandbox import free_port
@@ -372,10 +372,10 @@ def test_drift_revert_and_repeated_success_set_no_new_status(tmp_path: Path) -> 
     notifier, _, _ = _notifier(tmp_path, "http://127.0.0.1:9", queue_size=100)
     notifier.apply_started("a" * 40)
     notifier.attempt_finished(_attempt(AttemptResult.APPLIED, revision="a" * 40))
-    assert (notifier._queues["status"].qsize(), notifier._queues["webhook"].qsize()) == (2, 1)
+    assert (notifier._queues[Channel.STATUS].qsize(), notifier._queues[Channel.WEBHOOK].qsize()) == (2, 1)
     notifier.apply_started("a" * 40, drift=True)
     notifier.attempt_finished(_attempt(AttemptResult.APPLIED, revision="a" * 40, trigger="drift_file"))
-    assert (notifier._queues["status"].qsize(), notifier._queues["webhook"].qsize()) == (2, 2)
+    assert (notifier._queues[Channel.STATUS].qsize(), notifier._queues[Channel.WEBHOOK].qsize()) == (2, 2)
 
 
 def test_commit_status_needs_api_url_repository_and_token(tmp_path: Path) -> None:

@@ -70,6 +70,13 @@ class Forge(StrEnum):
     GITEA = "gitea"
 
 
+class Channel(StrEnum):
+    """Where a notification goes; each has its own queue and sending thread."""
+
+    WEBHOOK = "webhook"
+    STATUS = "status"
+
+
 class CommitState(StrEnum):
     """A commit status in the reconciler's words; each forge has its own (``FORGE_STATES``)."""
 
@@ -207,7 +214,7 @@ def commit_status_request(
 class _Message:
     """What the agent thread queues (in-memory): built into a ``Request`` by the sending thread."""
 
-    kind: str  # "webhook" or "status"
+    kind: Channel
     revision: str | None
     event: dict[str, Any] = field(default_factory=dict)
     state: CommitState | None = None
@@ -243,8 +250,8 @@ class Notifier:
         self._count = count
         # One queue and thread per kind: a dead webhook consumer does not hold up commit statuses
         # (nor the other way round), and each kind stays in order (pending before success).
-        self._queues: dict[str, queue.Queue[_Message | None]] = {
-            kind: queue.Queue(maxsize=queue_size) for kind in ("webhook", "status")
+        self._queues: dict[Channel, queue.Queue[_Message | None]] = {
+            kind: queue.Queue(maxsize=queue_size) for kind in Channel
         }
         self._tries = max(1, tries)
         self._backoff_base = backoff_base
@@ -263,7 +270,7 @@ class Notifier:
     def attempt_finished(self, attempt: Attempt) -> None:
         """An attempt was recorded: the webhook event, and the commit status of its revision."""
         if self.cfg.webhook_url and attempt.result in WEBHOOK_RESULTS:
-            self._put(_Message("webhook", attempt.revision, event=webhook_event(self.host, attempt)))
+            self._put(_Message(Channel.WEBHOOK, attempt.revision, event=webhook_event(self.host, attempt)))
         state = commit_state(attempt)
         if self.forge is not None and attempt.revision and state is not None:
             self._status(attempt.revision, state, describe(attempt))
@@ -276,7 +283,7 @@ class Notifier:
         self._last_state.move_to_end(sha)
         while len(self._last_state) > 64:
             self._last_state.popitem(last=False)
-        self._put(_Message("status", sha, state=state, description=description))
+        self._put(_Message(Channel.STATUS, sha, state=state, description=description))
 
     def _put(self, message: _Message) -> None:
         try:
@@ -284,7 +291,7 @@ class Notifier:
         except queue.Full:
             self._count(NotifyResult.DROPPED)
             log.warning(
-                "notify.dropped", kind=message.kind, revision=(message.revision or "")[:12], reason="queue full"
+                "notify.dropped", kind=message.kind.value, revision=(message.revision or "")[:12], reason="queue full"
             )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -294,7 +301,7 @@ class Notifier:
         if not self.enabled or self._threads:
             return
         for kind, q in self._queues.items():
-            thread = threading.Thread(target=self._run, args=(q,), name=f"notify-{kind}", daemon=True)
+            thread = threading.Thread(target=self._run, args=(q,), name=f"notify-{kind.value}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -341,7 +348,7 @@ class Notifier:
                 q.task_done()
 
     def _deliver(self, message: _Message) -> None:
-        where = {"kind": message.kind, "revision": (message.revision or "")[:12]}
+        where = {"kind": message.kind.value, "revision": (message.revision or "")[:12]}
         try:
             request = self._build(message)
         except OSError as exc:
@@ -381,7 +388,7 @@ class Notifier:
 
     def _build(self, message: _Message) -> Request:
         """The request for a message: scrubbed, signed or authenticated from the files read now."""
-        if message.kind == "webhook":
+        if message.kind is Channel.WEBHOOK:
             body = json.dumps(self._scrub(message.event), ensure_ascii=False).encode()
             headers = {"Content-Type": "application/json", "User-Agent": f"postfix-reconciler/{__version__}"}
             if self.cfg.webhook_secret_file:
