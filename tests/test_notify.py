@@ -150,7 +150,7 @@ def _verify_event(r: Received) -> dict[str, Any]:
 def test_github_statuses_and_signed_webhook_for_an_apply(
     mailhost: MailHost, tmp_path: Path, receiver: Receiver
 ) -> None:
-    """An apply sets the GitHub status pending then success and sends one HMAC-signed 'applied' event."""
+    """An apply sets the GitHub status pending then success with an HMAC-signed 'applied' event; a rejected push, failure."""
     host = mailhost
     configure(host, notify=_notify(host, tmp_path, receiver.url, "github", status_url="https://status.example.net/mx"))
     sha = host.git("rev-parse", "HEAD")
@@ -177,9 +177,25 @@ def test_github_statuses_and_signed_webhook_for_an_apply(
         assert event["result"] == "applied" and event["revision"] == sha and event["host"] == HOST
         assert event["subject"] == "initial revision" and event["trigger"] == "start" and event["changes"] > 0
         assert event["error"] is None and event["failed_step"] is None
-        _no_secret_in(receiver.requests, host)
         _, metrics = agent.get("/metrics")
         assert b'reconciler_notifications_total{result="sent"} 3.0' in metrics
+        # A rejected revision: no pending (nothing was applied), failure with the validation error.
+        host.edit("postfix/main.cf", lambda t: t + "smtpd_tls_security_levle = may\n")
+        bad = host.commit("typo")
+        agent.wait_state("failed", revision=bad)
+        bad_statuses = f"/api/v1/repos/ops/mail-config/statuses/{bad}"
+        wait_for(
+            lambda: len(receiver.got(bad_statuses)) == 1 and len(receiver.got("/events")) == 2, 10, "2 more", agent
+        )
+        (failure,) = receiver.got(bad_statuses)
+        assert failure.json()["state"] == "failure"
+        assert failure.json()["description"].startswith(
+            "rejected at validate: 1 problem(s) in revision: postfix/main.cf:"
+        )
+        event = _verify_event(receiver.got("/events")[1])
+        assert event["result"] == "rejected" and event["revision"] == bad and event["failed_step"] == "validate"
+        assert "smtpd_tls_security_levle" in event["error"] and event["trigger"] == "ref"
+        _no_secret_in(receiver.requests, host)
     finally:
         agent.stop()
 
