@@ -55,7 +55,7 @@ class Received:
 
 
 class Receiver:
-    """A threaded HTTP server on 127.0.0.1 recording every POST; answers 201, or in turn the codes
+    """A threaded HTTP server on 127.0.0.1 recording every request; answers 201, or in turn the codes
     ``answers`` lists for the first path prefix that the request's path starts with.
 
     With ``hold`` set, every request waits for ``release()`` before it is answered (a receiver that
@@ -80,9 +80,13 @@ class Receiver:
                     code = codes.pop(0) if codes else 201
                 outer.released.wait(60)
                 self.send_response(code)
+                if 300 <= code < 400:
+                    self.send_header("Location", f"{outer.url}/elsewhere")
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"{}")
+
+            do_GET = do_POST  # a followed redirect would come back as a GET: recorded too
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -343,8 +347,8 @@ def _notifier(tmp_path: Path, url: str, **kw: Any) -> tuple[Notifier, dict[Notif
 
 
 def test_retries_with_backoff_until_the_receiver_answers(tmp_path: Path) -> None:
-    """503 and 429 are retried with backoff until a 2xx; a 401 is given up at once."""
-    r = Receiver({"/events": [503, 429], "/repos/": [401]})
+    """503 and 429 are retried with backoff until a 2xx; a 401 or a redirect is given up at once."""
+    r = Receiver({"/events": [503, 429], "/repos/": [401, 302]})
     try:
         notifier, counts, _ = _notifier(tmp_path, r.url, backoff_base=0.01)
         notifier.start()
@@ -353,6 +357,9 @@ def test_retries_with_backoff_until_the_receiver_answers(tmp_path: Path) -> None
         assert counts[NotifyResult.RETRIED] == 2 and counts[NotifyResult.SENT] == 1
         assert counts[NotifyResult.FAILED] == 1  # the commit status got the 401
         assert len(r.got("/events")) == 3 and len(r.got("/repos/o/r/statuses/" + "c0ffee" * 6 + "abcd")) == 1
+        notifier.apply_started("b" * 40)  # answered with a redirect, which is not followed (the token stays here)
+        assert notifier.wait_idle(10)
+        assert counts[NotifyResult.FAILED] == 2 and not r.got("/elsewhere")
         notifier.close()
     finally:
         r.close()

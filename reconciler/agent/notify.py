@@ -225,6 +225,16 @@ class _Retry(Exception):
     pass
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would resend the token header to wherever they point."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class Notifier:
     """The queue and the sending thread (see the module docstring); inert when ``[notify]`` is empty."""
 
@@ -411,10 +421,10 @@ class Notifier:
         return request
 
     def _send(self, request: Request) -> int:
-        """POST the request; the HTTP status, or ``_Retry`` for what is worth another try."""
+        """POST the request; the HTTP status (a redirect is a refusal), or ``_Retry`` for what is worth another try."""
         req = urllib.request.Request(request.url, data=request.body, method="POST", headers=request.headers)  # noqa: S310 - http(s) only (config check)
         try:
-            with urllib.request.urlopen(req, timeout=self._timeout) as resp:  # noqa: S310
+            with _OPENER.open(req, timeout=self._timeout) as resp:
                 resp.read(64 * 1024)
                 return int(resp.status)
         except urllib.error.HTTPError as exc:
