@@ -113,18 +113,27 @@ def check_signature(cfg: AgentConfig, snapshot: Snapshot) -> None:
 def check_deletions(cfg: AgentConfig, snapshot: Snapshot, result: Plan, observed: Observed) -> None:
     """The deletion guard: refuse mass deletions unless the commit message allows them."""
     deletes = sum(1 for r in result.rows if r.action is Action.DELETE)
-    if not deletes or not observed.row_count:
+    deletion_guard(cfg, snapshot, deletes, observed.row_count)
+
+
+def deletion_guard(cfg: AgentConfig, snapshot: Snapshot, deletes: int, row_count: int) -> None:
+    """Refuse ``deletes`` of ``row_count`` managed rows beyond ``[policy].max_delete_fraction``.
+
+    Unless the commit message's last paragraph has the trailer ``Allow-Mass-Delete: yes``. Shared
+    by the apply (rows counted in the database) and ``pre-receive`` (rows counted in the branch).
+    """
+    if not deletes or not row_count:
         return
-    fraction = deletes / observed.row_count
+    fraction = deletes / row_count
     if fraction <= cfg.policy.max_delete_fraction:
         return
     message = snapshot.commit.message if snapshot.commit else ""
     last_paragraph = message.strip().split("\n\n")[-1]
     if MASS_DELETE_TRAILER.search(last_paragraph):
-        log.warning("policy.mass_delete_allowed", deletes=deletes, rows=observed.row_count)
+        log.warning("policy.mass_delete_allowed", deletes=deletes, rows=row_count)
         return
     raise MassDeletionRefused(
-        f"revision deletes {deletes} of {observed.row_count} managed rows ({fraction:.0%}), more than "
+        f"revision deletes {deletes} of {row_count} managed rows ({fraction:.0%}), more than "
         f"max_delete_fraction {cfg.policy.max_delete_fraction:.0%}; add the trailer "
         "'Allow-Mass-Delete: yes' to the commit message to allow it"
     )

@@ -37,7 +37,8 @@ from structlog.contextvars import bound_contextvars
 from reconciler import engine
 from reconciler.agent import systemd
 from reconciler.agent.history import Records, read_status
-from reconciler.agent.metrics import Metrics
+from reconciler.agent.metrics import Metrics, NotifyResult
+from reconciler.agent.notify import Notifier
 from reconciler.agent.outcome import Outcome, classify
 from reconciler.agent.redact import Redactor
 from reconciler.agent.source import BranchSource
@@ -162,6 +163,7 @@ class Agent:
         self._running = False
         self._stop_reason = ""
         self.metrics = Metrics(lambda: self._head_moved_at)
+        self.notifier = Notifier(cfg, redact=self.redact, count=self._count_notification)
 
     # -- what the API reads (any thread) ---------------------------------------------------------
 
@@ -215,6 +217,9 @@ class Agent:
 
     # -- the loop --------------------------------------------------------------------------------
 
+    def _count_notification(self, result: NotifyResult) -> None:
+        self.metrics.notifications.labels(result=result.value).inc()
+
     def _on_config_event(self) -> None:
         self.triggers.request(Reason.DRIFT_FILE, debounce=DRIFT_DEBOUNCE)
 
@@ -250,6 +255,7 @@ class Agent:
     def run(self) -> None:
         """Reconcile on every trigger until ``stop``; returns after the attempt in progress."""
         self._running = True
+        self.notifier.start()
         self.start_watchers()
         self.triggers.request(Reason.START)
         pinger = threading.Thread(target=self._ping_watchdog, name="sd-watchdog", daemon=True)
@@ -282,6 +288,7 @@ class Agent:
             systemd.notify("STOPPING=1")
             self._running = False
             self.stop_watchers()
+            self.notifier.close()
             log.info("agent.stopped")
 
     def _ping_watchdog(self) -> None:
@@ -366,6 +373,7 @@ class Agent:
                 log.info("drift.detected", items=[d.target for d in drift_items(planned.plan)], self_heal=True)
             self._set_state(AgentState.APPLYING)
             self.config_watcher.applying(True)
+            self.notifier.apply_started(head, drift=drift_only)
             return True
 
         try:
@@ -540,6 +548,7 @@ class Agent:
 
     def _store(self, attempt: Attempt) -> list[Attempt]:
         """Prepend ``attempt`` to the history (persisted, except in a dry run); call with the lock held."""
+        self.notifier.attempt_finished(attempt)  # only queues: [notify] is sent from its own thread
         if self.dry_run:
             return [attempt, *self._history][:50]
         try:
