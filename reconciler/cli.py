@@ -59,15 +59,19 @@ def _is_bare(path: Path) -> bool:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a revision or folder; print each problem as ``path[:line]: message``."""
     from reconciler.source import open_snapshot
-    from reconciler.validate import DEFAULT_LIVE_CONFIG_DIR, validate_snapshot
+    from reconciler.validate import DEFAULT_LIVE_CONFIG_DIR, DEFAULT_OUTSIDE_PATHS, validate_snapshot
 
-    live_dir = DEFAULT_LIVE_CONFIG_DIR
+    live_dir, outside = DEFAULT_LIVE_CONFIG_DIR, DEFAULT_OUTSIDE_PATHS
     if args.config or os.environ.get("RECONCILER_CONFIG") or Path(DEFAULT_CONFIG).exists():
-        live_dir = read_config(args.config).postfix.config_dir
+        cfg = read_config(args.config)
+        live_dir, outside = cfg.postfix.config_dir, cfg.postfix.outside_paths
     repo = Path(args.repo)
     rev = args.rev if args.rev or not _is_bare(repo) else "HEAD"
     snapshot = open_snapshot(repo, rev)
-    problems = validate_snapshot(snapshot, live_dir).problems
+    validated = validate_snapshot(snapshot, live_dir, outside_paths=outside)
+    problems = validated.problems
+    for note in validated.notes:
+        print(f"note: {note}", file=sys.stderr)
     for problem in problems:
         print(problem)
     what = snapshot.revision or str(repo)
