@@ -160,9 +160,7 @@ def build_desired(
         if in_rootfs:
             live = "/" + path[len(ROOTFS_DIR) :]
             if live not in allowed:
-                notes.append(
-                    Problem(path, None, f"{live} is not in [postfix].outside_paths on this host: left alone")
-                )
+                notes.append(Problem(path, None, f"{live} is not in [postfix].outside_paths on this host: left alone"))
                 continue
         if entry.size > MAX_FILE_SIZE:
             problems.append(Problem(path, None, f"file is {entry.size} bytes; the limit is {MAX_FILE_SIZE}"))

@@ -147,6 +147,15 @@ def _password_hash(v: str) -> str:
     return v
 
 
+def password_problem(v: str) -> str | None:
+    """Why ``v`` cannot be a mailbox's password (plaintext, unknown shape, too long), else None."""
+    try:
+        _password_hash(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 MailboxAddress = Annotated[str, AfterValidator(_mailbox_address)]
 AliasSource = Annotated[str, AfterValidator(_alias_source)]
 DomainName = Annotated[str, AfterValidator(_domain_name)]

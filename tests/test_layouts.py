@@ -129,9 +129,7 @@ def test_outside_table_not_allowed_is_left_alone(tmp_path: Path) -> None:
     keys = repo / "rootfs/root/.ssh/authorized_keys"
     keys.parent.mkdir(parents=True)
     keys.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEvil attacker\n")
-    (repo / "postfix/main.cf").write_text(
-        main + "relocated_maps = hash:/root/.ssh/authorized_keys\n"
-    )
+    (repo / "postfix/main.cf").write_text(main + "relocated_maps = hash:/root/.ssh/authorized_keys\n")
     result = validate_snapshot(open_snapshot(repo), outside_paths=("/root/.ssh/authorized_keys",))
     assert [str(p) for p in result.problems] == [
         "rootfs/root/.ssh/authorized_keys: unexpected directory name '.ssh': use letters, digits, '.', '_', '+' and '-'"
@@ -236,7 +234,7 @@ def test_subdirs_and_outside_table_apply_end_to_end(mailhost: MailHost) -> None:
     assert host.cli("apply").returncode == 0
     assert host.postfix.postmap("-q", "adopted-test", f"hash:{outside}").strip() == "root"
     # Dropped from outside_paths, the table is no longer managed: neither rewritten nor deleted.
-    host.config.write_text(config.replace("[postfix]\n", '[postfix]\noutside_paths = []\n', 1))
+    host.config.write_text(config.replace("[postfix]\n", "[postfix]\noutside_paths = []\n", 1))
     before = outside.read_bytes()
     (rootfs_aliases).unlink()
     host.commit("outside table gone from the repo")
