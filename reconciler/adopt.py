@@ -162,8 +162,11 @@ class _Plan:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # Live sources to write (a NAME.in's copy, a recovered dump): path, content, mtime to give it.
-    copies: list[tuple[Path, bytes, float]] = field(default_factory=list)
+    copies: list[tuple[Path, bytes, int]] = field(default_factory=list)
     tighten: list[Path] = field(default_factory=list)  # live files holding a secret, mode to fix
+    # What this import does to the live host once (printed, not in the README: a re-import of the
+    # host it left behind does not do it again, and gives the same tree).
+    actions: list[str] = field(default_factory=list)
 
 
 def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
@@ -198,8 +201,8 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
         _write(tmp / "README.md", _readme(cfg, found, counts, secrets).encode())
         commit = _git_commit(tmp, cfg.source.branch, config_dir)
         secrets.write()
-        for target, data, stamp in found.copies:
-            _write_live_source(target, data, stamp, target in found.tighten)
+        for target, data, stamp_ns in found.copies:
+            _write_live_source(target, data, stamp_ns, target in found.tighten)
         for path in found.tighten:
             if path.exists():
                 _chgrp(path, SECRET_FILE_GROUP, SECRET_FILE_MODE)
@@ -211,7 +214,14 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
         raise
     log.info("import.done", out=str(out), files=len(found.files), domains=counts[0])
     return ImportResult(
-        out, sorted(found.files), counts[0], counts[1], counts[2], sorted(secrets.new), found.notes, commit
+        out,
+        sorted(found.files),
+        counts[0],
+        counts[1],
+        counts[2],
+        sorted(secrets.new),
+        found.notes + found.actions,
+        commit,
     )
 
 
@@ -272,14 +282,14 @@ def _collect_files(config_dir: Path, outside_paths: Iterable[str], secrets: _Sec
         elif sasl:
             data, holds = _secret_map(data, live, secrets)
         found.files[rel] = _File(repo, data, origin, live, holds)
-        if holds and live.exists() and _mode_of(live) != (SECRET_FILE_MODE, SECRET_FILE_GROUP):
-            found.tighten.append(live)
-            found.notes.append(
-                f"{live}: holds a secret; its mode is set to {SECRET_FILE_MODE:04o}, group {SECRET_FILE_GROUP} "
-                "(as the agent keeps such files)"
-            )
-        elif holds and not live.exists():
-            found.tighten.append(live)
+        if holds:
+            if not live.exists() or _mode_of(live) != (SECRET_FILE_MODE, SECRET_FILE_GROUP):
+                found.tighten.append(live)
+            if live.exists() and _mode_of(live) != (SECRET_FILE_MODE, SECRET_FILE_GROUP):
+                found.actions.append(
+                    f"{live}: holds a secret; its mode is set to {SECRET_FILE_MODE:04o}, group {SECRET_FILE_GROUP} "
+                    "(as the agent keeps such files)"
+                )
         elif live.exists() and _mode_of(live) != (0o644, "root"):
             mode, group = _mode_of(live)
             found.notes.append(
@@ -293,8 +303,13 @@ def _table_source(
     live: Path, indexed: set[str], alias: bool, config_dir: Path, repo: str, found: _Plan
 ) -> tuple[Path, bytes] | None:
     """Where the repo's source comes from and its bytes: the live source, NAME.in, or a table dump."""
+    dotin = live.with_name(live.name + ".in")
     if live.is_file():
-        return live, live.read_bytes()
+        data = live.read_bytes()
+        if indexed and dotin.is_file() and dotin.read_bytes() == data:
+            found.notes.append(_dotin_note(repo, dotin, live))  # adopted before: said the same way again
+            return dotin, data
+        return live, data
     if not indexed:
         if live.exists():
             found.problems.append(Problem(repo, None, f"{live} is not a regular file"))
@@ -302,16 +317,12 @@ def _table_source(
             found.problems.append(Problem(repo, None, f"{live} does not exist, but main.cf or master.cf use it"))
         return None
     typ = sorted(indexed)[0]
-    dotin = live.with_name(live.name + ".in")
     built = [Path(f"{live}{s}") for s in built_suffixes(typ)]
     if dotin.is_file():
         data = dotin.read_bytes()
         if all(b.exists() and b.stat().st_mtime_ns >= dotin.stat().st_mtime_ns for b in built):
-            found.copies.append((live, data, dotin.stat().st_mtime))
-            found.notes.append(
-                f"{repo}: from {dotin} (the NAME.in + Makefile layout); {live} is written beside it as a copy "
-                "of it, the source the agent builds the table from (the Makefile and the .in file are left alone)"
-            )
+            found.copies.append((live, data, dotin.stat().st_mtime_ns))
+            found.notes.append(_dotin_note(repo, dotin, live))
         else:
             found.notes.append(
                 f"{repo}: from {dotin}, which is newer than its built table: the first apply rebuilds {typ}:{live}"
@@ -322,8 +333,8 @@ def _table_source(
         res = tool(config_dir, "-s", f"{typ}:{live}")
         if res.returncode == 0 and not res.diagnostics:
             text = res.stdout if res.stdout.endswith("\n") or not res.stdout else res.stdout + "\n"
-            found.copies.append((live, text.encode(), min(b.stat().st_mtime for b in built)))
-            found.notes.append(
+            found.copies.append((live, text.encode(), min(b.stat().st_mtime_ns for b in built)))
+            found.actions.append(
                 f"{repo}: only the built table existed; its source was recovered with "
                 f"{'postalias' if alias else 'postmap'} -s (order and comments are lost) and is written to {live}"
             )
@@ -337,6 +348,13 @@ def _table_source(
         )
     )
     return None
+
+
+def _dotin_note(repo: str, dotin: Path, live: Path) -> str:
+    return (
+        f"{repo}: from {dotin} (the NAME.in + Makefile layout); the agent builds the table from {live}, "
+        "a copy of it written beside it (the Makefile and the .in file are left alone, unused from now on)"
+    )
 
 
 def _mode_of(path: Path) -> tuple[int, str]:
@@ -413,7 +431,7 @@ def _note_unused(config_dir: Path, found: _Plan) -> None:
         )
 
 
-def _write_live_source(target: Path, data: bytes, stamp: float, holds_secret: bool) -> None:
+def _write_live_source(target: Path, data: bytes, stamp_ns: int, holds_secret: bool) -> None:
     """Write a table's live source (a NAME.in's copy, a recovered dump), dated no later than its table."""
     tmp = target.with_name(f".{target.name}.reconciler-import")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -426,7 +444,7 @@ def _write_live_source(target: Path, data: bytes, stamp: float, holds_secret: bo
         _chgrp(tmp, SECRET_FILE_GROUP, SECRET_FILE_MODE)
     else:
         _chgrp(tmp, "root", 0o644)
-    os.utime(tmp, (stamp, stamp))
+    os.utime(tmp, ns=(stamp_ns, stamp_ns))  # exact: a source one ns newer than its table is stale
     os.replace(tmp, target)
 
 
