@@ -38,7 +38,14 @@ from reconciler.apply import _chgrp
 from reconciler.db import connect
 from reconciler.desired import POSTFIX_DIR, ROOTFS_DIR
 from reconciler.errors import PermanentError, Problem, ReconcilerError
-from reconciler.models import AgentConfig, DomainFile, address_problem, domain_problem, password_problem
+from reconciler.models import (
+    LOCAL_PART_RE,
+    AgentConfig,
+    DomainFile,
+    address_problem,
+    domain_problem,
+    password_problem,
+)
 from reconciler.plan import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.postfix import (
     INDEXED_TYPES,
@@ -456,68 +463,172 @@ def _write(path: Path, data: bytes) -> None:
 # ------------------------------------------------------------------------------------------------
 # Rows
 
+_DOMAINS_SQL = "SELECT id, name FROM virtual_domains"
 _USERS_SQL = "SELECT id, domain_id, email, password FROM virtual_users"
 _ALIASES_SQL = "SELECT id, domain_id, source, destination FROM virtual_aliases"
+_MARK = "--reconciler-import-next-table--"
+_UNESCAPE = {"t": "\t", "n": "\n", "0": "\0", "\\": "\\", "r": "\r", "b": "\b", "Z": "\x1a"}
+_ESCAPED = re.compile(r"\\(.)")
+Tables = tuple[list[tuple[int, str]], list[tuple[int, int, str, str]], list[tuple[int, int, str, str]]]
+
+
+def read_tables(cfg: AgentConfig) -> Tables:
+    """The three mail tables, read in one consistent snapshot.
+
+    With the ``mariadb`` client on PATH (Debian's mariadb-client), through it in batch mode: its C
+    row parsing reads a million rows about ten times faster than PyMySQL's. Else with PyMySQL.
+    """
+    client = shutil.which("mariadb") or shutil.which("mysql")
+    if client is not None and isinstance(cfg.mysql.host, str):
+        return read_tables_client(cfg, client)
+    return read_tables_pymysql(cfg)
+
+
+def read_tables_pymysql(cfg: AgentConfig) -> Tables:
+    """``read_tables`` through PyMySQL (a server-side cursor per table, one snapshot)."""
+    conn = connect(cfg.mysql)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            cur.execute(_DOMAINS_SQL)
+            domains = [(int(i), str(n)) for i, n in cur.fetchall()]
+        users, aliases = list(_stream(conn, _USERS_SQL)), list(_stream(conn, _ALIASES_SQL))
+        conn.rollback()
+    finally:
+        conn.close()
+    return domains, users, aliases
+
+
+def read_tables_client(cfg: AgentConfig, client: str) -> Tables:
+    """``read_tables`` through the ``mariadb`` client: tab-separated, escaped, one snapshot.
+
+    Its credentials go in a defaults file (mode 0600, in a private temporary directory removed
+    right after), never on the command line.
+    """
+    from reconciler.db import read_password
+
+    m = cfg.mysql
+    options = [
+        "[client]",
+        f"user={m.user}",
+        f"password={read_password(m.password_file)}",
+        "default-character-set=utf8mb4",
+    ]
+    options += [f"socket={m.unix_socket}"] if m.unix_socket else [f"host={m.host}", f"port={m.port}", "protocol=tcp"]
+    script = (
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION WITH CONSISTENT SNAPSHOT; "
+        f"{_DOMAINS_SQL}; SELECT '{_MARK}'; {_USERS_SQL}; SELECT '{_MARK}'; {_ALIASES_SQL}; COMMIT;"
+    )
+    with tempfile.TemporaryDirectory(prefix="reconciler-import-") as tmp:
+        defaults = Path(tmp) / "client.cnf"
+        fd = os.open(defaults, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(options) + "\n")
+        res = subprocess.run(
+            [client, f"--defaults-file={defaults}", "--batch", "--skip-column-names", "--quick", m.database],
+            input=script.encode(),
+            capture_output=True,
+            check=False,
+            timeout=3600,
+        )
+    if res.returncode != 0:
+        from reconciler.errors import TemporaryError
+
+        detail = res.stderr.decode("utf-8", "replace").strip()
+        password = read_password(m.password_file)
+        if password:
+            detail = detail.replace(password, "********")
+        raise TemporaryError(f"cannot read the mail tables as {m.user}: {detail}")
+    parts = res.stdout.decode("utf-8", "replace").split(f"{_MARK}\n")
+    if len(parts) != 3:
+        raise ReconcilerError("unexpected output of the mariadb client while reading the mail tables")
+    domains = [(int(f[0]), f[1]) for f in _fields(parts[0], 2)]
+    users = [(int(f[0]), int(f[1]), f[2], f[3]) for f in _fields(parts[1], 4)]
+    aliases = [(int(f[0]), int(f[1]), f[2], f[3]) for f in _fields(parts[2], 4)]
+    return domains, users, aliases
+
+
+def _fields(text: str, width: int) -> Iterator[list[str]]:
+    """Rows of the client's batch output: tab-separated; tab, newline and backslash escaped."""
+    for line in text.split("\n"):
+        if not line:
+            continue
+        fields = line.split("\t")
+        if "\\" in line:
+            fields = [_ESCAPED.sub(lambda m: _UNESCAPE.get(m.group(1), m.group(1)), f) for f in fields]
+        if len(fields) != width:
+            raise ReconcilerError("unexpected row in the mariadb client's output")
+        yield fields
+
+
+def _address_in(address: str, domain: str, *, catch_all: bool = False) -> str | None:
+    """Why ``address`` cannot be a row of ``domain`` (an already valid domain name), else None.
+
+    The common case costs one split and one regex match; anything unusual gets the full check.
+    """
+    local, at, part = address.rpartition("@")
+    if at and part == domain and len(address) <= 254 and len(local) <= 64 and local and LOCAL_PART_RE.match(local):
+        return None
+    bad = address_problem(address, allow_catch_all=catch_all)
+    if bad is None and part.lower() != domain:
+        bad = f"not in its domain {domain}"
+    return bad
 
 
 def _collect_rows(cfg: AgentConfig) -> tuple[dict[str, str], tuple[int, int, int], list[Problem]]:
     """Domain file texts by domain, (domains, mailboxes, aliases) and the rows that cannot be represented."""
     problems: list[Problem] = []
-    conn = connect(cfg.mysql)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT id, name FROM virtual_domains")
-            names: dict[int, str] = {int(i): str(n) for i, n in cur.fetchall()}
-        users: dict[int, list[tuple[str, str]]] = {i: [] for i in names}
-        aliases: dict[int, list[tuple[str, str]]] = {i: [] for i in names}
-        for ident, name in sorted(names.items()):
-            bad = domain_problem(name)
-            if bad:
-                problems.append(Problem(f"virtual_domains id={ident}", None, f"name {name!r}: {bad}"))
-        for ident, domain_id, email, password in _stream(conn, _USERS_SQL):
-            where = f"virtual_users id={ident}"
-            domain = names.get(domain_id)
-            if domain is None:
-                problems.append(Problem(where, None, f"{email!r}: domain_id {domain_id} does not exist"))
-                continue
-            bad = address_problem(email)
-            if bad is None and email.rpartition("@")[2].lower() != domain:
-                bad = f"not in its domain {domain}"
-            if bad:
-                problems.append(Problem(where, None, f"{email!r}: {bad}"))
-                continue
-            if password_problem(password):
-                problems.append(
-                    Problem(
-                        where,
-                        None,
-                        f"{email}: the password is not a hash (plaintext or an unknown scheme); "
-                        "rehash it (reconciler passwd) before importing",
-                    )
+    domain_rows, user_rows, alias_rows = read_tables(cfg)
+    names: dict[int, str] = dict(domain_rows)
+    users: dict[int, list[tuple[str, str]]] = {i: [] for i in names}
+    aliases: dict[int, list[tuple[str, str]]] = {i: [] for i in names}
+    for ident, name in sorted(names.items()):
+        bad = domain_problem(name)
+        if bad:
+            problems.append(Problem(f"virtual_domains id={ident}", None, f"name {name!r}: {bad}"))
+    for ident, domain_id, email, password in user_rows:
+        where = f"virtual_users id={ident}"
+        domain = names.get(domain_id)
+        if domain is None:
+            problems.append(Problem(where, None, f"{email!r}: domain_id {domain_id} does not exist"))
+            continue
+        bad = _address_in(email, domain)
+        if bad:
+            problems.append(Problem(where, None, f"{email!r}: {bad}"))
+            continue
+        if password_problem(password):
+            problems.append(
+                Problem(
+                    where,
+                    None,
+                    f"{email}: the password is not a hash (plaintext or an unknown scheme); "
+                    "rehash it (reconciler passwd) before importing",
                 )
-                continue
-            users[domain_id].append((email, password))
-        for ident, domain_id, source, destination in _stream(conn, _ALIASES_SQL):
-            where = f"virtual_aliases id={ident}"
-            domain = names.get(domain_id)
-            if domain is None:
-                problems.append(
-                    Problem(where, None, f"{source!r} -> {destination!r}: domain_id {domain_id} does not exist")
-                )
-                continue
-            bad = address_problem(source, allow_catch_all=True)
-            if bad is None and source.rpartition("@")[2].lower() != domain:
-                bad = f"source not in its domain {domain}"
-            if bad is None:
-                dest_bad = address_problem(destination)
-                bad = f"destination {dest_bad} (one row per destination)" if dest_bad else None
-            if bad:
-                problems.append(Problem(where, None, f"{source!r} -> {destination!r}: {bad}"))
-                continue
-            aliases[domain_id].append((source, destination))
-        conn.rollback()
-    finally:
-        conn.close()
+            )
+            continue
+        users[domain_id].append((email, password))
+    valid_domains: dict[str, bool] = {}  # destination domains checked once each
+    for ident, domain_id, source, destination in alias_rows:
+        where = f"virtual_aliases id={ident}"
+        domain = names.get(domain_id)
+        if domain is None:
+            problems.append(
+                Problem(where, None, f"{source!r} -> {destination!r}: domain_id {domain_id} does not exist")
+            )
+            continue
+        bad = _address_in(source, domain, catch_all=True)
+        if bad is not None and bad.startswith("not in its domain"):
+            bad = "source " + bad
+        if bad is None:
+            part = destination.rpartition("@")[2]
+            if part not in valid_domains:
+                valid_domains[part] = domain_problem(part) is None
+            dest_bad = _address_in(destination, part) if valid_domains[part] else address_problem(destination)
+            bad = f"destination {dest_bad} (one row per destination)" if dest_bad else None
+        if bad:
+            problems.append(Problem(where, None, f"{source!r} -> {destination!r}: {bad}"))
+            continue
+        aliases[domain_id].append((source, destination))
     texts = {names[i]: domain_yaml(names[i], users[i], aliases[i]) for i in names}
     counts = (len(names), sum(len(u) for u in users.values()), sum(len(a) for a in aliases.values()))
     return texts, counts, problems

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 # tables, SQL rows and MUAs disagree on their canonical form, and no hosted mailbox needs one.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
+LOCAL_PART_RE = _LOCAL_RE  # the dot-string local part, for callers' fast paths (reconciler.adopt)
 _LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 # Password hashes as Dovecot writes them: "{SCHEME}hash". Scheme names are upper case with digits,
 # dashes and dots (BLF-CRYPT, SHA512-CRYPT, ARGON2ID, SSHA512, ...).

@@ -333,6 +333,27 @@ def test_built_table_only_is_recovered(guide_host: GuideHost) -> None:
     assert host.cli("diff", config=host.config_for(out)).returncode == 0
 
 
+def test_client_and_pymysql_readers_agree(guide_host: GuideHost) -> None:
+    """The mariadb-client reader and the PyMySQL reader return the same rows, tabs, newlines and backslashes included."""
+    from reconciler.adopt import read_tables_client, read_tables_pymysql
+    from reconciler.models import load_config
+
+    host = guide_host
+    host.sql(
+        "INSERT INTO virtual_aliases (domain_id, source, destination) VALUES "
+        "(3, 'odd@example.net', 'a\\tb\\\\c\\nd@example.org'), (3, 'NULL@example.net', 'NULL');\n"
+    )
+    cfg = load_config(host.config)
+    via_client = read_tables_client(cfg, shutil.which("mariadb") or "mariadb")
+    via_pymysql = read_tables_pymysql(cfg)
+    assert via_client == via_pymysql
+    assert ("a\tb\\c\nd@example.org") in {a[3] for a in via_client[2]}
+    res = host.cli("import", "--out", str(host.base / "imported"))
+    assert (
+        res.returncode == 1 and "'a\\tb\\\\c\\nd@example.org': destination contains control character" in res.stdout
+    ), res.stdout
+
+
 def _rows(repo: Path) -> dict[str, tuple[set[tuple[str, str]], set[tuple[str, str]]]]:
     out = {}
     for path in sorted((repo / "domains").glob("*.yaml")):
