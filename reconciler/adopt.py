@@ -44,6 +44,7 @@ from reconciler.models import (
     DomainFile,
     address_problem,
     domain_problem,
+    password_ok,
     password_problem,
 )
 from reconciler.plan import SECRET_FILE_GROUP, SECRET_FILE_MODE
@@ -469,7 +470,8 @@ _ALIASES_SQL = "SELECT id, domain_id, source, destination FROM virtual_aliases"
 _MARK = "--reconciler-import-next-table--"
 _UNESCAPE = {"t": "\t", "n": "\n", "0": "\0", "\\": "\\", "r": "\r", "b": "\b", "Z": "\x1a"}
 _ESCAPED = re.compile(r"\\(.)")
-Tables = tuple[list[tuple[int, str]], list[tuple[int, int, str, str]], list[tuple[int, int, str, str]]]
+# Rows as text, as the client prints them (ids are only named in messages and matched as keys).
+Tables = tuple[list[tuple[str, str]], list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]
 
 
 def read_tables(cfg: AgentConfig) -> Tables:
@@ -491,7 +493,7 @@ def read_tables_pymysql(cfg: AgentConfig) -> Tables:
         with conn.cursor() as cur:
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             cur.execute(_DOMAINS_SQL)
-            domains = [(int(i), str(n)) for i, n in cur.fetchall()]
+            domains = [(str(i), str(n)) for i, n in cur.fetchall()]
         users, aliases = list(_stream(conn, _USERS_SQL)), list(_stream(conn, _ALIASES_SQL))
         conn.rollback()
     finally:
@@ -542,9 +544,9 @@ def read_tables_client(cfg: AgentConfig, client: str) -> Tables:
     parts = res.stdout.decode("utf-8", "replace").split(f"{_MARK}\n")
     if len(parts) != 3:
         raise ReconcilerError("unexpected output of the mariadb client while reading the mail tables")
-    domains = [(int(f[0]), f[1]) for f in _fields(parts[0], 2)]
-    users = [(int(f[0]), int(f[1]), f[2], f[3]) for f in _fields(parts[1], 4)]
-    aliases = [(int(f[0]), int(f[1]), f[2], f[3]) for f in _fields(parts[2], 4)]
+    domains: list[tuple[str, str]] = [(f[0], f[1]) for f in _fields(parts[0], 2)]
+    users: list[tuple[str, str, str, str]] = [(f[0], f[1], f[2], f[3]) for f in _fields(parts[1], 4)]
+    aliases: list[tuple[str, str, str, str]] = [(f[0], f[1], f[2], f[3]) for f in _fields(parts[2], 4)]
     return domains, users, aliases
 
 
@@ -579,16 +581,19 @@ def _collect_rows(cfg: AgentConfig) -> tuple[dict[str, str], tuple[int, int, int
     """Domain file texts by domain, (domains, mailboxes, aliases) and the rows that cannot be represented."""
     problems: list[Problem] = []
     domain_rows, user_rows, alias_rows = read_tables(cfg)
-    names: dict[int, str] = dict(domain_rows)
-    users: dict[int, list[tuple[str, str]]] = {i: [] for i in names}
-    aliases: dict[int, list[tuple[str, str]]] = {i: [] for i in names}
-    for ident, name in sorted(names.items()):
+    names: dict[str, str] = dict(domain_rows)
+    users: dict[str, list[tuple[str, str]]] = {i: [] for i in names}
+    aliases: dict[str, list[tuple[str, str]]] = {i: [] for i in names}
+    for ident, name in sorted(names.items(), key=lambda item: int(item[0])):
         bad = domain_problem(name)
         if bad:
             problems.append(Problem(f"virtual_domains id={ident}", None, f"name {name!r}: {bad}"))
     for ident, domain_id, email, password in user_rows:
-        where = f"virtual_users id={ident}"
         domain = names.get(domain_id)
+        if domain is not None and _address_in(email, domain) is None and password_ok(password):
+            users[domain_id].append((email, password))  # the common case: nothing to report
+            continue
+        where = f"virtual_users id={ident}"
         if domain is None:
             problems.append(Problem(where, None, f"{email!r}: domain_id {domain_id} does not exist"))
             continue
@@ -634,17 +639,20 @@ def _collect_rows(cfg: AgentConfig) -> tuple[dict[str, str], tuple[int, int, int
     return texts, counts, problems
 
 
-def _stream(conn: Any, sql: str) -> Iterator[tuple[int, int, str, str]]:
+def _stream(conn: Any, sql: str) -> Iterator[tuple[str, str, str, str]]:
     with conn.cursor(pymysql.cursors.SSCursor) as cur:
         cur.execute(sql)
         for ident, domain_id, a, b in cur:
-            yield int(ident), int(domain_id), str(a), str(b)
+            yield str(ident), str(domain_id), str(a), "NULL" if b is None else str(b)
 
 
-def _scalar(value: str, *, address: bool) -> str:
-    if address and _PLAIN_ADDRESS.match(value):
-        return value
-    return json.dumps(value)  # a YAML double-quoted scalar (ASCII: addresses and hashes are)
+def _quoted(value: str) -> str:
+    """A YAML double-quoted scalar (ASCII: addresses and hashes are); JSON's escapes are YAML's."""
+    return f'"{value}"' if '"' not in value and "\\" not in value else json.dumps(value)
+
+
+def _address(value: str) -> str:
+    return value if _PLAIN_ADDRESS.match(value) else _quoted(value)
 
 
 def domain_yaml(domain: str, users: list[tuple[str, str]], aliases: list[tuple[str, str]]) -> str:
@@ -652,18 +660,14 @@ def domain_yaml(domain: str, users: list[tuple[str, str]], aliases: list[tuple[s
     parts = [SCHEMA_MODELINE, f"domain: {domain}\n"]
     if users:
         parts.append("mailboxes:\n")
-        for email, password in sorted(users, key=lambda u: (u[0].casefold(), u[0])):
-            parts.append(
-                f"  - address: {_scalar(email, address=True)}\n    password: {_scalar(password, address=False)}\n"
-            )
+        users = sorted(users, key=lambda u: (u[0].casefold(), u[0]))
+        parts += [f"  - address: {_address(e)}\n    password: {_quoted(p)}\n" for e, p in users]
     else:
         parts.append("mailboxes: []\n")
     if aliases:
         parts.append("aliases:\n")
-        for source, destination in sorted(aliases, key=lambda a: (a[0].casefold(), a[1].casefold(), a)):
-            parts.append(
-                f"  - source: {_scalar(source, address=True)}\n    destination: {_scalar(destination, address=True)}\n"
-            )
+        aliases = sorted(aliases, key=lambda a: (a[0].casefold(), a[1].casefold(), a))
+        parts += [f"  - source: {_address(s)}\n    destination: {_address(d)}\n" for s, d in aliases]
     else:
         parts.append("aliases: []\n")
     return "".join(parts)

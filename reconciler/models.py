@@ -148,6 +148,23 @@ def _password_hash(v: str) -> str:
     return v
 
 
+# Every accepted password in one match (a hash with a non-plaintext scheme prefix, or a bare
+# crypt(3) hash): the fast path of ``password_ok``, which must accept exactly what
+# ``_password_hash`` accepts (tests/test_layouts.py checks both on the same corpus).
+_PASSWORD_OK_RE = re.compile(
+    r"(?:\{(?!(?:"
+    + "|".join(sorted(_PLAINTEXT_SCHEMES))
+    + r")\})[A-Z0-9][A-Z0-9.-]*\}[!-~]+|"
+    + _BARE_CRYPT_RE.pattern.removesuffix(r"\Z")
+    + r")\Z"
+)
+
+
+def password_ok(v: str) -> bool:
+    """Whether ``v`` is an acceptable password hash (the same answer as ``password_problem(v) is None``)."""
+    return len(v) <= 255 and _PASSWORD_OK_RE.match(v) is not None
+
+
 def password_problem(v: str) -> str | None:
     """Why ``v`` cannot be a mailbox's password (plaintext, unknown shape, too long), else None."""
     try:

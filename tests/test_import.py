@@ -391,3 +391,20 @@ def test_example_repo_round_trip(mailhost: MailHost) -> None:
     config.write_text(host.config.read_text().replace(f'url = "{host.work}"', f'url = "{out}"'))
     res = host.cli("diff", env={"RECONCILER_CONFIG": str(config)})
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_domain_yaml_loads_back_exactly() -> None:
+    """A generated domain file loads back to exactly its rows (quotes, backslashes, catch-alls, o'brien) and validates."""
+    from reconciler.adopt import domain_yaml
+    from reconciler.desired import parse_domain_file
+
+    users = [("o'brien@example.org", '{PBKDF2}x"y\\z'), ("A.b+c@example.org", SHA), ("zed@example.org", HASH)]
+    aliases = [("@example.org", "zed@example.org"), ("a=b@example.org", "o'brien@example.org")]
+    text = domain_yaml("example.org", users, aliases)
+    doc = yaml.safe_load(text)
+    assert {(m["address"], m["password"]) for m in doc["mailboxes"]} == set(users)
+    assert {(a["source"], a["destination"]) for a in doc["aliases"]} == set(aliases)
+    assert [m["address"] for m in doc["mailboxes"]] == ["A.b+c@example.org", "o'brien@example.org", "zed@example.org"]
+    parsed = parse_domain_file("domains/example.org.yaml", text.encode())
+    assert parsed.problems == () and parsed.model is not None
+    assert domain_yaml("example.org", list(reversed(users)), list(reversed(aliases))) == text  # stable order

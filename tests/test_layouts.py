@@ -240,3 +240,24 @@ def test_subdirs_and_outside_table_apply_end_to_end(mailhost: MailHost) -> None:
     host.commit("outside table gone from the repo")
     assert host.cli("apply").returncode == 0
     assert outside.read_bytes() == before
+
+
+def test_password_fast_check_agrees_with_the_model() -> None:
+    """password_ok (import's fast path) accepts exactly the passwords the domain file model accepts."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from reconciler.models import password_ok, password_problem
+
+    corpus = [SHA512, SHA256, BCRYPT, YESCRYPT, ARGON2ID, MD5, "{BLF-CRYPT}" + BCRYPT, "{PLAIN}x", "{PLAINX}y",
+              "{CRAM-MD5}z", "{SSHA512}abc", "{}x", "{ssha}x", "$6$hello", "hunter2", "{X}" + "a" * 253, "{X}" + "a" * 252,
+              "{A}b c", "{A}b\n", ""]  # fmt: skip
+    for value in corpus:
+        assert password_ok(value) == (password_problem(value) is None), value
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.from_regex(r"\A(\{[A-Z-]{0,12}\}|\$[0-9a-z]{1,8}\$)?[!-~ ]{0,120}\Z"))
+    def agree(value: str) -> None:
+        assert password_ok(value) == (password_problem(value) is None)
+
+    agree()
