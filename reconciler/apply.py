@@ -43,7 +43,7 @@ from reconciler.db import rebuild_digests
 from reconciler.errors import ReconcilerError, TemporaryError
 from reconciler.parsecache import built_files
 from reconciler.plan import Action, FileChange, Plan
-from reconciler.postfix import ToolResult, backdate, postalias, postfix_cmd, postmap, run_tool
+from reconciler.postfix import ToolResult, backdate, beside, live_path, postalias, postfix_cmd, postmap, run_tool
 from reconciler.state import Inventory, StateDir, atomic_write, fsync_dir
 from reconciler.verify import check_health
 
@@ -256,7 +256,7 @@ def _write_new(path: Path, content: bytes, mode: int, group: str) -> None:
 def _link_backup(live: Path) -> str | None:
     if not live.exists():
         return None
-    backup = live.with_name(f".{live.name}{BAK}")
+    backup = beside(live, BAK)
     with contextlib.suppress(FileNotFoundError):
         backup.unlink()
     os.link(live, backup)
@@ -343,18 +343,21 @@ class Applier:
 
     def _prepare(self, plan: Plan, journal: _Journal) -> None:
         for change in plan.files:
-            live = self.config_dir / change.name
+            live = live_path(self.config_dir, change.name)
             if change.action is Action.DELETE:
                 journal.ops.append(_Op(str(live), None, _link_backup(live)))
                 continue
-            new = live.with_name(f".{change.name}{NEW}")
+            if not change.name.startswith("/") and "/" in change.name:
+                # A subdirectory of the config dir (postfix/sql/...); left in place on a rollback.
+                live.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            new = beside(live, NEW)
             assert change.content is not None  # noqa: S101 - create/update always carry content
             _write_new(new, change.content, change.mode, change.group)
             journal.ops.append(_Op(str(live), str(new), _link_backup(live)))
         for table_change in plan.tables:
             if table_change.action is Action.DELETE:
                 for suffix in table_change.table.built_suffixes:
-                    live = self.config_dir / f"{table_change.table.name}{suffix}"
+                    live = Path(f"{live_path(self.config_dir, table_change.table.name)}{suffix}")
                     if live.exists():
                         journal.ops.append(_Op(str(live), None, _link_backup(live)))
 
@@ -371,15 +374,15 @@ class Applier:
                 continue
             table = change.table
             source_change = files.get(table.name)
-            tmp_source = self.config_dir / f".{table.name}{NEW}"
+            live_source = live_path(self.config_dir, table.name)
+            tmp_source = beside(live_source, NEW)
             mode, group = 0o644, "root"
             if source_change is None:
                 # Stale or missing built table: rebuild from the live source, beside the live table.
-                live_source = self.config_dir / table.name
                 content = live_source.read_bytes()
                 st = live_source.stat()
                 mode, group = st.st_mode & 0o777, _group_of(st.st_gid)
-                tmp_source = self.config_dir / f".{table.name}.reconciler-src"
+                tmp_source = beside(live_source, ".reconciler-src")
                 _write_new(tmp_source, content, mode, group)
             else:
                 mode, group = source_change.mode, source_change.group
@@ -394,7 +397,7 @@ class Applier:
             for suffix in table.built_suffixes:
                 built = Path(f"{tmp_source}{suffix}")
                 _chgrp(built, group, mode)
-                live = self.config_dir / f"{table.name}{suffix}"
+                live = Path(f"{live_source}{suffix}")
                 journal.ops.append(_Op(str(live), str(built), _link_backup(live)))
             if source_change is None:
                 tmp_source.unlink()
@@ -682,9 +685,18 @@ def finish_committed(journal: _Journal) -> None:
     fsync_dir(Path(journal.config_dir))
 
 
-def cleanup_temps(config_dir: Path) -> None:
-    """Remove leftovers of an apply that never reached its journal."""
-    for path in config_dir.glob(".*.reconciler-*"):
+def cleanup_temps(config_dir: Path, outside_paths: tuple[str, ...] = ()) -> None:
+    """Remove leftovers of an apply that never reached its journal.
+
+    In the config dir and its subdirectories, and beside each allowed outside table (only its own
+    ``.NAME*.reconciler-*`` siblings: nothing else of /etc is looked at).
+    """
+    leftovers = list(config_dir.rglob(".*.reconciler-*"))
+    for outside in outside_paths:
+        path = Path(outside)
+        if path.parent.is_dir():
+            leftovers += path.parent.glob(f".{path.name}*.reconciler-*")
+    for path in leftovers:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
             continue
@@ -728,7 +740,7 @@ def _recover_unreadable(state: StateDir, config_dir: Path, exc: Exception, healt
     log.warning("apply.journal_unreadable", path=str(state.journal_path), error=str(exc).splitlines()[0])
     restored = 0
     if config_dir.is_dir():
-        for backup in sorted(config_dir.glob(f".*{BAK}")):
+        for backup in sorted(config_dir.rglob(f".*{BAK}")):  # subdirectories too
             live = backup.with_name(backup.name[1 : -len(BAK)])
             os.replace(backup, live)
             restored += 1
@@ -744,7 +756,9 @@ def _recover_unreadable(state: StateDir, config_dir: Path, exc: Exception, healt
     return "restored backups"
 
 
-def recover(state: StateDir, conn: Any, config_dir: Path, health_timeout: float = 10.0) -> str | None:
+def recover(
+    state: StateDir, conn: Any, config_dir: Path, health_timeout: float = 10.0, outside_paths: tuple[str, ...] = ()
+) -> str | None:
     """Finish or undo an interrupted apply; returns what was done, None when there was nothing.
 
     Call with the host lock held. The apply committed iff its id reached ``reconciler_state``.
@@ -754,7 +768,7 @@ def recover(state: StateDir, conn: Any, config_dir: Path, health_timeout: float 
         journal = _Journal.from_json(state.journal_path.read_bytes())
     except FileNotFoundError:
         if config_dir.is_dir():
-            cleanup_temps(config_dir)
+            cleanup_temps(config_dir, outside_paths)
         return None
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         return _recover_unreadable(state, config_dir, exc, health_timeout)

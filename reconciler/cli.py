@@ -60,16 +60,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Check a revision or folder; print each problem as ``path[:line]: message`` (or as JSON, or GitHub commands)."""
     from reconciler.render import problems_github, problems_json
     from reconciler.source import open_snapshot
-    from reconciler.validate import DEFAULT_LIVE_CONFIG_DIR, validate_snapshot
+    from reconciler.validate import DEFAULT_LIVE_CONFIG_DIR, DEFAULT_OUTSIDE_PATHS, validate_snapshot
 
-    live_dir = DEFAULT_LIVE_CONFIG_DIR
+    live_dir, outside = DEFAULT_LIVE_CONFIG_DIR, DEFAULT_OUTSIDE_PATHS
     if args.config or os.environ.get("RECONCILER_CONFIG") or Path(DEFAULT_CONFIG).exists():
-        live_dir = read_config(args.config).postfix.config_dir
+        cfg = read_config(args.config)
+        live_dir, outside = cfg.postfix.config_dir, cfg.postfix.outside_paths
     repo = Path(args.repo)
     bare = _is_bare(repo)
     rev = args.rev if args.rev or not bare else "HEAD"
     snapshot = open_snapshot(repo, rev)
-    problems = validate_snapshot(snapshot, live_dir).problems
+    validated = validate_snapshot(snapshot, live_dir, outside_paths=outside)
+    problems = validated.problems
+    for note in validated.notes:
+        print(f"note: {note}", file=sys.stderr)
     what = snapshot.revision or str(repo)
     if args.format == "json":
         sys.stdout.write(problems_json(what, snapshot.revision, problems))
@@ -316,6 +320,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if status.state is AgentState.SYNCED else EXIT_FAIL
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Adoption: write a desired-state repository describing the live host; exit 1 if it cannot be represented."""
+    from reconciler.adopt import CannotImport, import_host
+
+    cfg = read_config(args.config)
+    try:
+        result = import_host(cfg, Path(args.out))
+    except CannotImport as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(
+            f"reconciler: the live state cannot be represented ({len(exc.problems)} reason(s)); "
+            f"nothing was written, {args.out} was not created",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(
+        f"imported into {result.out} (commit {result.commit[:12]}): {len(result.files)} file(s), "
+        f"{result.domains} domain(s), {result.mailboxes} mailbox(es), {result.aliases} alias row(s)"
+    )
+    if result.secrets:
+        print(f"new secrets in {cfg.secrets.dir} (mode 0600): {', '.join(result.secrets)}")
+    return EXIT_OK
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """Read a password (terminal twice without echo, else one stdin line) and print its hash."""
+    from reconciler.passwd import PasswordError, hash_password, read_password
+
+    try:
+        password = read_password()
+        print(hash_password(password, args.scheme))
+    except PasswordError as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="reconciler", description="GitOps agent for Postfix mail servers")
@@ -357,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init-db", help="create or upgrade the MySQL tables")
     p.set_defaults(func=cmd_init_db)
+
+    p = sub.add_parser("import", help="adoption: write a desired-state repository describing the live host")
+    p.add_argument("--out", required=True, help="the new repository's directory (must not exist, or be empty)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("passwd", help="hash a password for a domain file (read from the terminal or stdin)")
+    p.add_argument("--scheme", choices=["BLF-CRYPT", "SHA512-CRYPT", "ARGON2ID"], default="BLF-CRYPT")
+    p.set_defaults(func=cmd_passwd)
     return parser
 
 

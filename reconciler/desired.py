@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from reconciler import fastyaml
 from reconciler.errors import Problem
-from reconciler.models import DomainFile
+from reconciler.models import DomainFile, outside_path_problem
 from reconciler.parsecache import ParseCache, write_rows
 from reconciler.source import EntryKind, Locator, Snapshot, read_located
 
@@ -37,6 +37,8 @@ MAX_FILE_SIZE = 64 * 1024 * 1024
 MAX_PROBLEMS_PER_FILE = 1000
 POSTFIX_DIR = "postfix/"
 DOMAINS_DIR = "domains/"
+ROOTFS_DIR = "rootfs/"
+MAX_DEPTH = 6  # postfix/a/b/c/d/FILE: deeper trees are a mistake, not a layout
 # Names Postfix config files can safely have: no spaces, no shell or map metacharacters.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 _SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
@@ -48,9 +50,18 @@ REQUIRED_POSTFIX_FILES = ("main.cf", "master.cf")
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 
 
+def repo_path(name: str) -> str:
+    """The repo path of a managed file's name: ``postfix/NAME``, or ``rootfs/ABS`` for an outside table."""
+    return ROOTFS_DIR + name[1:] if name.startswith("/") else POSTFIX_DIR + name
+
+
 @dataclass(frozen=True)
 class DesiredFile:
-    """A file of ``postfix/`` as the repo holds it: a template until secrets are substituted."""
+    """A file of ``postfix/`` (or an allowed ``rootfs/`` table) as the repo holds it: a template.
+
+    ``name`` is relative to the config directory (``sql/mysql-x.cf``), or the absolute live path of
+    an outside table (``/etc/aliases``).
+    """
 
     name: str
     blob_id: str
@@ -101,6 +112,8 @@ class DesiredState:
     revision: str | None
     files: Mapping[str, DesiredFile]
     domains: Mapping[str, DomainData]
+    # Findings that are not problems: rootfs/ files this host does not allow (left alone).
+    notes: tuple[Problem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,11 +124,17 @@ class ParsedDomain:
     problems: tuple[Problem, ...]
 
 
-def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[DesiredState, list[Problem]]:
+def build_desired(
+    snapshot: Snapshot, cache: ParseCache | None = None, outside_paths: Iterable[str] = ("/etc/aliases",)
+) -> tuple[DesiredState, list[Problem]]:
     """Parse and check a snapshot; returns the state (possibly partial) and every problem.
 
     With a cache, a domain file whose blob was parsed and found valid before is not read again.
+    A ``rootfs/`` file is managed only when its absolute path is one of ``outside_paths``; any
+    other is left alone, with a note (never a write outside the config directory).
     """
+    allowed = frozenset(outside_paths)
+    notes: list[Problem] = []
     problems: list[Problem] = []
     files: dict[str, DesiredFile] = {}
     domains: list[DomainData] = []
@@ -124,8 +143,9 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
         entry = snapshot.entries[path]
         in_postfix = path.startswith(POSTFIX_DIR) or path == POSTFIX_DIR.rstrip("/")
         in_domains = path.startswith(DOMAINS_DIR) or path == DOMAINS_DIR.rstrip("/")
+        in_rootfs = path.startswith(ROOTFS_DIR) or path == ROOTFS_DIR.rstrip("/")
         if entry.kind is EntryKind.SYMLINK:
-            if in_postfix or in_domains:
+            if in_postfix or in_domains or in_rootfs:
                 problems.append(Problem(path, None, "symbolic links are not allowed"))
             continue
         if entry.kind is EntryKind.SUBMODULE:
@@ -134,12 +154,17 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
         if entry.kind is EntryKind.OTHER:
             problems.append(Problem(path, None, "only regular files are allowed"))
             continue
-        if not (in_postfix or in_domains):
+        if not (in_postfix or in_domains or in_rootfs):
             continue  # README.md, CI files and the like are not managed
         shape = _shape_problem(path)
         if shape:
             problems.append(Problem(path, None, shape))
             continue
+        if in_rootfs:
+            live = "/" + path[len(ROOTFS_DIR) :]
+            if live not in allowed:
+                notes.append(Problem(path, None, f"{live} is not in [postfix].outside_paths on this host: left alone"))
+                continue
         if entry.size > MAX_FILE_SIZE:
             problems.append(Problem(path, None, f"file is {entry.size} bytes; the limit is {MAX_FILE_SIZE}"))
             continue
@@ -165,7 +190,7 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
         if text_problem:
             problems.extend(text_problem)
             continue
-        name = path[len(POSTFIX_DIR) :]
+        name = live if in_rootfs else path[len(POSTFIX_DIR) :]
         secrets, secret_problems = secret_refs(path, data.decode("utf-8"))
         problems.extend(secret_problems)
         files[name] = DesiredFile(name, entry.blob_id, data, secrets)
@@ -185,7 +210,7 @@ def build_desired(snapshot: Snapshot, cache: ParseCache | None = None) -> tuple[
     problems.extend(cross_domain_problems(snapshot, domains))
     if cache is not None:
         cache.save(d.blob_id for d in domains)
-    return DesiredState(snapshot.revision, files, {d.name: d for d in domains}), problems
+    return DesiredState(snapshot.revision, files, {d.name: d for d in domains}, tuple(notes)), problems
 
 
 Rows = tuple[tuple[Pair, ...], tuple[Pair, ...]]
@@ -269,9 +294,18 @@ def _parse_all(
 
 def _shape_problem(path: str) -> str | None:
     parts = path.split("/")
-    if len(parts) != 2:
+    if len(parts) < 2 or (parts[0] == "domains" and len(parts) != 2):
         return f"unexpected path: only files directly inside {parts[0]}/ are allowed"
-    name = parts[1]
+    if len(parts) > (MAX_DEPTH if parts[0] == "postfix" else 4 * MAX_DEPTH):
+        return f"unexpected path: at most {MAX_DEPTH - 2} levels of subdirectories"
+    for part in parts[1:-1]:
+        if not _SAFE_NAME.match(part):
+            return f"unexpected directory name {part!r}: use letters, digits, '.', '_', '+' and '-'"
+    if parts[0] == "rootfs":
+        problem = outside_path_problem("/" + "/".join(parts[1:]))
+        if problem:
+            return f"rootfs/ holds a table at its absolute path: {problem}"
+    name = parts[-1]
     if not _SAFE_NAME.match(name):
         return f"unexpected file name {name!r}: use letters, digits, '.', '_', '+' and '-'"
     if name.endswith(_GENERATED_SUFFIXES):

@@ -29,7 +29,7 @@ from reconciler.plan import Action, Observed, Plan, desired_from, lazy_domain_ro
 from reconciler.secrets import load_secrets
 from reconciler.signatures import SignatureRejected, verify_commit
 from reconciler.source import Snapshot, open_snapshot
-from reconciler.state import StateDir
+from reconciler.state import Inventory, StateDir
 from reconciler.validate import validate_snapshot
 
 log = structlog.get_logger("reconciler.engine")
@@ -69,7 +69,7 @@ def session(cfg: AgentConfig) -> Iterator[tuple[StateDir, Any]]:
     conn = connect(cfg.mysql)
     try:
         with host_lock(state), gc_paused():
-            recover(state, conn, Path(cfg.postfix.config_dir), cfg.postfix.health_timeout)
+            recover(state, conn, Path(cfg.postfix.config_dir), cfg.postfix.health_timeout, cfg.postfix.outside_paths)
             yield state, conn
     finally:
         conn.close()
@@ -139,6 +139,17 @@ def deletion_guard(cfg: AgentConfig, snapshot: Snapshot, deletes: int, row_count
     )
 
 
+def managed_inventory(cfg: AgentConfig, state: StateDir) -> Inventory:
+    """The inventory, less outside tables no longer in ``[postfix].outside_paths``: those are never touched."""
+    inventory = state.read_inventory()
+    allowed = set(cfg.postfix.outside_paths)
+    keep = frozenset(n for n in inventory.files if not n.startswith("/") or n in allowed)
+    if keep == inventory.files:
+        return inventory
+    tables = tuple(t for t in inventory.tables if not t[0].startswith("/") or t[0] in allowed)
+    return Inventory(inventory.revision, keep, tables)
+
+
 def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, *, full_scan: bool = False) -> Planned:
     """Check the signature, validate the revision, observe the host, plan and apply the policies.
 
@@ -147,7 +158,9 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     """
     started = time.monotonic()
     check_signature(cfg, snapshot)
-    validated = validate_snapshot(snapshot, cfg.postfix.config_dir, ParseCache.open(state.path / "parsed"))
+    validated = validate_snapshot(
+        snapshot, cfg.postfix.config_dir, ParseCache.open(state.path / "parsed"), cfg.postfix.outside_paths
+    )
     if validated.problems:
         raise InvalidRevision(list(validated.problems))
     names = {n for f in validated.desired.files.values() for n in f.secrets}
@@ -155,7 +168,7 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     rows = {name: lazy_domain_rows(data) for name, data in validated.desired.domains.items()}
     desired = desired_from(snapshot.revision, validated.desired.files, validated.tables, rows, secrets)
     observed = observe(
-        Path(cfg.postfix.config_dir), desired, state.read_inventory(), conn, secrets, full_scan=full_scan
+        Path(cfg.postfix.config_dir), desired, managed_inventory(cfg, state), conn, secrets, full_scan=full_scan
     )
     result = plan(desired, observed)
     check_deletions(cfg, snapshot, result, observed)

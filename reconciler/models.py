@@ -19,11 +19,33 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 # tables, SQL rows and MUAs disagree on their canonical form, and no hosted mailbox needs one.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
+LOCAL_PART_RE = _LOCAL_RE  # the dot-string local part, for callers' fast paths (reconciler.adopt)
 _LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 # Password hashes as Dovecot writes them: "{SCHEME}hash". Scheme names are upper case with digits,
 # dashes and dots (BLF-CRYPT, SHA512-CRYPT, ARGON2ID, SSHA512, ...).
 _HASH_RE = re.compile(r"\{[A-Z0-9][A-Z0-9.-]*\}[!-~]+\Z")
 _PLAINTEXT_SCHEMES = frozenset({"PLAIN", "CLEARTEXT", "PLAIN-TRUNC", "CRAM-MD5", "DIGEST-MD5"})
+# Bare crypt(3) hashes, as Dovecot reads them with default_pass_scheme = CRYPT (libxcrypt formats).
+# Each shape is matched whole, so that a plaintext password that merely starts with "$" is refused:
+# SHA-512 and SHA-256 crypt ($6$, $5$, optional rounds=), bcrypt ($2y$, $2b$, $2a$), yescrypt ($y$)
+# and argon2 ($argon2id$, $argon2i$). MD5-crypt ($1$) is accepted too: Dovecot reads it and
+# "{MD5-CRYPT}$1$..." already passes, so an adopted legacy server keeps working (docs/adopting.md
+# says to rehash). DES crypt (13 characters, no "$") is indistinguishable from a plaintext: refused.
+_B64 = r"[./A-Za-z0-9]"
+_BARE_CRYPT_RE = re.compile(
+    r"(?:"
+    rf"\$6\$(?:rounds=[0-9]{{1,9}}\$)?{_B64}{{1,16}}\${_B64}{{86}}"
+    rf"|\$5\$(?:rounds=[0-9]{{1,9}}\$)?{_B64}{{1,16}}\${_B64}{{43}}"
+    rf"|\$1\${_B64}{{1,8}}\${_B64}{{22}}"
+    rf"|\$2[aby]\$[0-9]{{2}}\${_B64}{{53}}"
+    rf"|\$y\$[./A-Za-z0-9]+\${_B64}{{1,86}}\${_B64}{{43}}"
+    r"|\$argon2(?:id|i)\$v=[0-9]+\$m=[0-9]+,t=[0-9]+,p=[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
+    r")\Z"
+)
+# What the domain file schema publishes: a scheme-prefixed hash or a bare crypt(3) hash.
+_PASSWORD_PATTERN = (
+    "^(?:" + _HASH_RE.pattern.removesuffix(r"\Z") + "|" + _BARE_CRYPT_RE.pattern.removesuffix(r"\Z") + ")$"
+)
 
 
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
@@ -79,6 +101,19 @@ def address_problem(address: str, *, allow_catch_all: bool = False) -> str | Non
     return domain_problem(domain)
 
 
+_OUTSIDE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
+
+
+def outside_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be an outside table's path (absolute, normal, plain names), else None."""
+    if not path.startswith("/"):
+        return "must be an absolute path"
+    parts = path[1:].split("/")
+    if len(parts) < 2 or any(not _OUTSIDE_PART.match(p) for p in parts):
+        return "must be a normalised path of plain names (letters, digits, '.', '_', '+', '-'), not in /"
+    return None
+
+
 def _check(problem: str | None, value: str) -> str:
     if problem:
         raise ValueError(problem)
@@ -100,15 +135,43 @@ def _domain_name(v: str) -> str:
 def _password_hash(v: str) -> str:
     if len(v) > 255:
         raise ValueError(f"password hash is {len(v)} characters; virtual_users.password holds at most 255")
+    if _BARE_CRYPT_RE.match(v):
+        return v
     if not _HASH_RE.match(v):
         raise ValueError(
-            "password must be a hash with a scheme prefix such as {BLF-CRYPT} or {SHA512-CRYPT}; "
-            "plaintext passwords are refused"
+            "password must be a hash with a scheme prefix such as {BLF-CRYPT} or {SHA512-CRYPT}, or a "
+            "bare crypt(3) hash ($6$..., $2y$..., $y$..., $argon2id$...); plaintext passwords are refused"
         )
     scheme = v[1 : v.index("}")]
     if scheme in _PLAINTEXT_SCHEMES:
         raise ValueError(f"password scheme {{{scheme}}} stores the plaintext; use a hash scheme")
     return v
+
+
+# Every accepted password in one match (a hash with a non-plaintext scheme prefix, or a bare
+# crypt(3) hash): the fast path of ``password_ok``, which must accept exactly what
+# ``_password_hash`` accepts (tests/test_layouts.py checks both on the same corpus).
+_PASSWORD_OK_RE = re.compile(
+    r"(?:\{(?!(?:"
+    + "|".join(sorted(_PLAINTEXT_SCHEMES))
+    + r")\})[A-Z0-9][A-Z0-9.-]*\}[!-~]+|"
+    + _BARE_CRYPT_RE.pattern.removesuffix(r"\Z")
+    + r")\Z"
+)
+
+
+def password_ok(v: str) -> bool:
+    """Whether ``v`` is an acceptable password hash (the same answer as ``password_problem(v) is None``)."""
+    return len(v) <= 255 and _PASSWORD_OK_RE.match(v) is not None
+
+
+def password_problem(v: str) -> str | None:
+    """Why ``v`` cannot be a mailbox's password (plaintext, unknown shape, too long), else None."""
+    try:
+        _password_hash(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 MailboxAddress = Annotated[str, AfterValidator(_mailbox_address)]
@@ -126,8 +189,11 @@ class Mailbox(_Strict):
 
     address: MailboxAddress = Field(description="The full address, inside the file's domain.")
     password: PasswordHash = Field(
-        description="A password hash with a scheme prefix, e.g. {BLF-CRYPT}$2y$05$...; never plaintext.",
-        json_schema_extra={"pattern": _HASH_RE.pattern.removesuffix(r"\Z") + "$"},
+        description=(
+            "A password hash with a scheme prefix, e.g. {BLF-CRYPT}$2y$05$..., or a bare crypt(3) hash "
+            "($6$..., $2y$..., $y$..., $argon2id$...) as Dovecot reads it; never plaintext."
+        ),
+        json_schema_extra={"pattern": _PASSWORD_PATTERN},
     )
 
 
@@ -185,9 +251,29 @@ class PostfixConfig(_Strict):
     """The Postfix instance being managed."""
 
     config_dir: str = "/etc/postfix"
+    outside_paths: tuple[str, ...] = Field(
+        default=("/etc/aliases",),
+        description=(
+            "the only absolute paths outside config_dir that the repo's rootfs/ may manage "
+            "(a table's source; its built files beside it)"
+        ),
+    )
     health_timeout: Annotated[float, Field(gt=0)] = Field(
         default=10.0, description="seconds to wait for every inet listener to answer 220 after a reload"
     )
+
+    @field_validator("outside_paths", mode="before")
+    @classmethod
+    def _list_is_tuple(cls, v: object) -> object:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("outside_paths")
+    @classmethod
+    def _absolute_normal_paths(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for path in v:
+            if outside_path_problem(path):
+                raise ValueError(f"{path!r}: {outside_path_problem(path)}")
+        return v
 
 
 class MysqlConfig(_Strict):

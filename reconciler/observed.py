@@ -19,7 +19,7 @@ import structlog
 
 from reconciler.db import DIGEST_JOINS
 from reconciler.plan import Desired, DomainRows, LiveFile, Observed, TableDecl
-from reconciler.postfix import postfix_cmd
+from reconciler.postfix import live_path, postfix_cmd
 from reconciler.state import Inventory
 
 log = structlog.get_logger("reconciler.observed")
@@ -57,7 +57,8 @@ def read_live_file(path: Path) -> LiveFile | None:
 
 def built_paths(config_dir: Path, table: TableDecl) -> list[Path]:
     """The files postmap/postalias make for a table."""
-    return [config_dir / f"{table.name}{suffix}" for suffix in table.built_suffixes]
+    source = live_path(config_dir, table.name)
+    return [source.with_name(f"{source.name}{suffix}") for suffix in table.built_suffixes]
 
 
 def stale_tables(config_dir: Path, tables: tuple[TableDecl, ...]) -> frozenset[str]:
@@ -65,7 +66,7 @@ def stale_tables(config_dir: Path, tables: tuple[TableDecl, ...]) -> frozenset[s
     stale: set[str] = set()
     for table in tables:
         try:
-            source = (config_dir / table.name).stat().st_mtime_ns
+            source = live_path(config_dir, table.name).stat().st_mtime_ns
         except FileNotFoundError:
             stale.add(table.name)
             continue
@@ -167,7 +168,7 @@ def observe(
     names = set(desired.files) | set(inventory.files)
     files = {}
     for name in names:
-        live = read_live_file(config_dir / name)
+        live = read_live_file(live_path(config_dir, name))
         if live is not None:
             files[name] = live
     digests, stale_digests = read_digests(conn, full_scan=full_scan)

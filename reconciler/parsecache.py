@@ -185,7 +185,8 @@ def built_files(cache_dir: Path, build_key: str, name: str, suffixes: Iterable[s
     """The files a staged check built for ``build_key`` (one per suffix), or None if any is gone."""
     if not build_key:
         return None
-    paths = [cache_dir / "built" / build_key / f"{name}{suffix}" for suffix in suffixes]
+    base = name.rsplit("/", 1)[-1]  # a table in a subdirectory or outside: kept by its base name
+    paths = [cache_dir / "built" / build_key / f"{base}{suffix}" for suffix in suffixes]
     return paths if all(p.is_file() for p in paths) else None
 
 

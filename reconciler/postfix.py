@@ -132,6 +132,24 @@ def run_tool_tty_stderr(argv: Sequence[str], *, timeout: float = 120.0) -> ToolR
     return ToolResult(tuple(argv), returncode, stdout, stderr)
 
 
+def live_path(config_dir: Path, name: str) -> Path:
+    """Where a managed file lives: ``name`` inside the config dir, or an outside table's absolute path.
+
+    Managed files are named relative to the config directory (``main.cf``, ``sql/mysql-x.cf``);
+    an outside table (``rootfs/etc/aliases`` in the repo, allowed by ``[postfix].outside_paths``)
+    is named by its absolute path. Spelled out rather than left to ``Path.__truediv__``, which
+    silently drops ``config_dir`` for an absolute name.
+    """
+    if name.startswith("/"):
+        return Path(name)
+    return config_dir / name
+
+
+def beside(path: Path, tag: str) -> Path:
+    """A hidden sibling of ``path`` in the same directory: ``.NAME<tag>`` (temps, backups)."""
+    return path.with_name(f".{path.name}{tag}")
+
+
 def postconf(config_dir: Path, *args: str) -> ToolResult:
     """``postconf -c config_dir ARGS``."""
     return run_tool(["postconf", "-c", str(config_dir), *args])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.cfparse import parse_main_cf
-from reconciler.desired import POSTFIX_DIR, DesiredFile, DesiredState, build_desired
+from reconciler.desired import POSTFIX_DIR, DesiredFile, DesiredState, build_desired, repo_path
 from reconciler.errors import Problem
 from reconciler.parsecache import ParseCache
 from reconciler.postfix import (
@@ -40,6 +40,8 @@ from reconciler.postfix import (
 from reconciler.source import Snapshot
 
 DEFAULT_LIVE_CONFIG_DIR = "/etc/postfix"
+DEFAULT_OUTSIDE_PATHS: tuple[str, ...] = ("/etc/aliases",)
+OUTSIDE_STAGE = ".rootfs"  # outside tables are staged here (a name no repo file can have)
 DUMMY_SECRET = "Dummy-Secret-0"  # noqa: S105 - a placeholder value for staging, not a credential
 _SECRET_REF = re.compile(rb"\$\{secret:[^}]*\}")
 # "file /x/master.cf: line 12: ..." and "/x/canonical, line 3: ..." and "cidr map /x/a.cidr, line 2: ..."
@@ -91,33 +93,58 @@ class Validated:
     desired: DesiredState
     tables: tuple[TableSpec, ...]
     problems: tuple[Problem, ...]
+    # Not problems: what is left alone (outside tables this host does not manage), said once.
+    notes: tuple[Problem, ...] = ()
 
 
 def validate_snapshot(
-    snapshot: Snapshot, live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR, cache: ParseCache | None = None
+    snapshot: Snapshot,
+    live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR,
+    cache: ParseCache | None = None,
+    outside_paths: Iterable[str] = DEFAULT_OUTSIDE_PATHS,
 ) -> Validated:
     """Every check of a revision; problems sorted by file and line.
 
     With a cache, domain files and a ``postfix/`` tree that passed before (same blob ids, same
-    Postfix, same package version) are not checked again.
+    Postfix, same package version) are not checked again. ``outside_paths`` are the absolute paths
+    outside the config dir that ``rootfs/`` may manage on this host (``[postfix].outside_paths``).
     """
-    desired, problems = build_desired(snapshot, cache)
+    desired, problems = build_desired(snapshot, cache, outside_paths)
+    notes: list[Problem] = list(desired.notes)
     tables: list[TableSpec] = []
     if all(name in desired.files for name in ("main.cf", "master.cf")):
         key = _stage_key(desired.files, live_config_dir)
         cached = cache.stage_result(key) if cache is not None else None
         if cached is not None:
+            # The staged check's notes are not kept with it: only `validate` prints notes, uncached.
             tables = [TableSpec(str(n), str(t), str(b), tuple(p), str(k)) for n, t, b, p, k in cached]
         else:
             built_dir = cache.built_dir() if cache is not None else None
-            tables, stage_problems = check_postfix_tree(desired.files, live_config_dir, built_dir, key)
+            tables, stage_problems = check_postfix_tree(desired.files, live_config_dir, built_dir, key, notes)
             problems.extend(stage_problems)
             if cache is not None and not stage_problems:
                 cache.put_stage_result(
                     key, [[t.name, t.type, t.builder, list(t.parameters), t.build_key] for t in tables]
                 )
     ordered = sorted(set(problems), key=lambda p: (p.path, p.line or 0, p.message))
-    return Validated(desired, tuple(tables), tuple(ordered))
+    return Validated(desired, tuple(tables), tuple(ordered), tuple(sorted(set(notes), key=_problem_order)))
+
+
+def _problem_order(p: Problem) -> tuple[str, int, str]:
+    return (p.path, p.line or 0, p.message)
+
+
+def staged_name(name: str) -> str:
+    """Where a managed file is staged, relative to the stage: outside tables under ``.rootfs/``.
+
+    Never the absolute path itself: staging writes, and an outside table's live path is real.
+    """
+    return OUTSIDE_STAGE + name if name.startswith("/") else name
+
+
+def _file_of_staged(rel: str) -> str:
+    """The managed file name of a path relative to the stage (the inverse of ``staged_name``)."""
+    return rel[len(OUTSIDE_STAGE) :] if rel.startswith(OUTSIDE_STAGE + "/") else rel
 
 
 def _stage_key(files: Mapping[str, DesiredFile], live_config_dir: str) -> str:
@@ -152,8 +179,11 @@ def stage_files(
                 lambda m: _secret_value(m.group(0), secrets),
                 data,
             )
-        (stage / name).write_bytes(data)
-        backdate(stage / name)
+        target = stage / staged_name(name)
+        if target.parent != stage:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        backdate(target)
 
 
 def _live_prefix(live_config_dir: str) -> bytes:
@@ -173,6 +203,7 @@ def check_postfix_tree(
     live_config_dir: str = DEFAULT_LIVE_CONFIG_DIR,
     built_dir: Path | None = None,
     stage_key: str = "",
+    notes: list[Problem] | None = None,
 ) -> tuple[list[TableSpec], list[Problem]]:
     """Stage the files with dummy secrets and run Postfix's checks; returns tables and problems.
 
@@ -182,7 +213,7 @@ def check_postfix_tree(
     with tempfile.TemporaryDirectory(prefix="reconciler-stage-") as tmp:
         stage = Path(tmp)
         stage_files(files, stage, None, live_config_dir)
-        tables, problems = _check_stage(stage, files, live_config_dir)
+        tables, problems = _check_stage(stage, files, live_config_dir, notes if notes is not None else [])
         if built_dir is None or problems:
             return tables, problems
         return [_keep_built(stage, files, t, built_dir, stage_key, live_config_dir) for t in tables], problems
@@ -197,7 +228,7 @@ def _keep_built(
     if _live_prefix(live_config_dir) in source.template:
         return spec  # the staged copy is not what goes live (a live path rewritten): neither is its build
     build_key = hashlib.sha256(f"{key}\0{spec.name}\0{spec.type}\0{spec.builder}".encode()).hexdigest()
-    built = [stage / f"{spec.name}{suffix}" for suffix in built_suffixes(spec.type)]
+    built = [stage / f"{staged_name(spec.name)}{suffix}" for suffix in built_suffixes(spec.type)]
     if not all(p.is_file() for p in built):
         return spec
     target = built_dir / build_key
@@ -205,7 +236,7 @@ def _keep_built(
     try:
         target.mkdir(mode=0o700, parents=True)
         for path in built:
-            shutil.move(path, target / path.name)
+            shutil.move(path, target / path.name)  # the base name: built_files looks for that
     except OSError:  # a full state dir: not kept, the applier builds the table itself
         shutil.rmtree(target, ignore_errors=True)
         return spec
@@ -213,7 +244,7 @@ def _keep_built(
 
 
 def _check_stage(
-    stage: Path, files: Mapping[str, DesiredFile], live_config_dir: str
+    stage: Path, files: Mapping[str, DesiredFile], live_config_dir: str, notes: list[Problem]
 ) -> tuple[list[TableSpec], list[Problem]]:
     mapper = _LineMapper(stage, files)
     problems: list[Problem] = []
@@ -225,14 +256,26 @@ def _check_stage(
         return [], problems
     params = parse_parameters(results["-n"].stdout)
     service_params = parse_parameters(results["-P"].stdout)
-    tables, missing = discover_tables(stage, files, params, service_params, live_config_dir)
+    outside: list[TableRef] = []
+    tables, missing = discover_tables(stage, files, params, service_params, live_config_dir, outside)
     for ref in missing:
         file = "master.cf" if "/" in ref.parameter else "main.cf"
+        rel = _config_relative(ref.path, stage, live_config_dir) or Path(ref.path).name
         problems.append(
             Problem(
                 POSTFIX_DIR + file,
                 mapper.parameter_line(ref.parameter.rsplit("/", 1)[-1], file),
-                f"{ref.parameter} names {ref.type}:{ref.path}, but postfix/{Path(ref.path).name} is not in the repo",
+                f"{ref.parameter} names {ref.type}:{ref.path}, but postfix/{rel} is not in the repo",
+            )
+        )
+    for ref in outside:
+        file = "master.cf" if "/" in ref.parameter else "main.cf"
+        notes.append(
+            Problem(
+                POSTFIX_DIR + file,
+                mapper.parameter_line(ref.parameter.rsplit("/", 1)[-1], file),
+                f"{ref.parameter} names {ref.type}:{ref.path} outside the config directory: left alone "
+                f"(to manage it: rootfs{ref.path} in the repo and the path in [postfix].outside_paths)",
             )
         )
     supported = supported_table_types(stage)
@@ -249,9 +292,11 @@ def _check_stage(
             continue
         problems.extend(mapper.problems(check_table(stage, spec)))
     problems.extend(_ignored_parameter_problems(files, mapper))
+    mysql_tables = _mysql_tables(stage, live_config_dir, params, service_params)
     for name in sorted(files):
-        if (name.startswith("mysql") and name.endswith(".cf")) or _is_mysql_table(name, params, service_params):
-            problems.extend(mysql_cf_problems(POSTFIX_DIR + name, files[name].template.decode("utf-8")))
+        base = name.rsplit("/", 1)[-1]
+        if (base.startswith("mysql") and base.endswith(".cf")) or name in mysql_tables:
+            problems.extend(mysql_cf_problems(repo_path(name), files[name].template.decode("utf-8")))
     return tables, problems
 
 
@@ -290,8 +335,23 @@ def _ignored_parameter_problems(files: Mapping[str, DesiredFile], mapper: _LineM
     return out
 
 
-def _is_mysql_table(name: str, *param_sets: Mapping[str, str]) -> bool:
-    return any(ref.type == "mysql" and Path(ref.path).name == name for ps in param_sets for ref in table_refs(dict(ps)))
+def _mysql_tables(stage: Path, live_config_dir: str, *param_sets: Mapping[str, str]) -> set[str]:
+    """Names (relative to the config dir) of the files main.cf/master.cf use as mysql: tables."""
+    out: set[str] = set()
+    for ps in param_sets:
+        for ref in table_refs(dict(ps)):
+            rel = _config_relative(ref.path, stage, live_config_dir)
+            if ref.type == "mysql" and rel is not None:
+                out.add(rel)
+    return out
+
+
+def _config_relative(path: str, stage: Path, live_config_dir: str) -> str | None:
+    """``path`` relative to the staged or live config directory, or None when it is outside both."""
+    for base in (str(stage), live_config_dir.rstrip("/")):
+        if path.startswith(base + "/") and ".." not in path.split("/"):
+            return path[len(base) + 1 :]
+    return None
 
 
 def discover_tables(
@@ -300,19 +360,27 @@ def discover_tables(
     params: Mapping[str, str],
     service_params: Mapping[str, str],
     live_config_dir: str,
+    outside: list[TableRef] | None = None,
 ) -> tuple[list[TableSpec], list[TableRef]]:
-    """Tables named by main.cf and master.cf in the config directory, and those missing from the repo."""
+    """Tables named by main.cf and master.cf that the repo manages, and those missing from the repo.
+
+    A table in the config directory or a subdirectory of it is named relative to it; one outside
+    it is managed only when its absolute path is a managed file (an allowed ``rootfs/`` table),
+    else it is added to ``outside`` (left alone, noted).
+    """
     found: dict[tuple[str, str], set[str]] = {}
     missing: list[TableRef] = []
     alias_params = {"alias_maps", "alias_database"}
     builders: dict[tuple[str, str], str] = {}
-    dirs = {str(stage), live_config_dir.rstrip("/")}
     for ref in [*table_refs(dict(params)), *table_refs(dict(service_params))]:
-        parent, name = str(Path(ref.path).parent), Path(ref.path).name
-        if parent not in dirs:
-            continue
         base_param = ref.parameter.rsplit("/", 1)[-1]
         if ref.type not in INDEXED_TYPES | TEXT_TYPES:
+            continue
+        rel = _config_relative(ref.path, stage, live_config_dir)
+        name = rel if rel is not None else ref.path
+        if rel is None and ref.path not in files:
+            if outside is not None and all(o.path != ref.path for o in outside):
+                outside.append(ref)
             continue
         if name not in files:
             missing.append(ref)
@@ -333,7 +401,7 @@ def discover_tables(
 
 def check_table(stage: Path, spec: TableSpec) -> ToolResult:
     """Build an indexed table in the stage, or parse a text table with a probe lookup."""
-    target = f"{spec.type}:{stage / spec.name}"
+    target = f"{spec.type}:{stage / staged_name(spec.name)}"
     if spec.builder == "postalias":
         return postalias(stage, target)
     if spec.builder == "postmap":
@@ -451,7 +519,7 @@ class _LineMapper:
 
     def _rel(self, path: str) -> str | None:
         if path.startswith(self._stage + "/"):
-            return path[len(self._stage) + 1 :]
+            return _file_of_staged(path[len(self._stage) + 1 :])
         return None
 
     def problems(self, result: ToolResult) -> Iterable[Problem]:
@@ -463,7 +531,7 @@ class _LineMapper:
                 message = (text[: m.start()] + text[m.end() :]).strip().removeprefix("file ").strip()
                 if diag.level == "warning" and "skipping" not in message and "ignoring" not in message:
                     message = f"{message} (Postfix skips or misreads this line)"
-                yield Problem(POSTFIX_DIR + name, int(m["line"]), message or text)
+                yield Problem(repo_path(name), int(m["line"]), message or text)
                 continue
             f = _FILE_REF.search(text)
             rel = self._rel(f["path"]) if f else None
@@ -480,7 +548,7 @@ class _LineMapper:
                 elif (q := _QUOTED_TAIL.search(message)) is not None:
                     found = self._find_line(q.group(1), (name,))
                     line = found[1] if found else None
-                yield Problem(POSTFIX_DIR + name, line, message)
+                yield Problem(repo_path(name), line, message)
                 continue
             quoted = _QUOTED_LINE.search(text)
             found = self._find_line(quoted.group(1)) if quoted else None

@@ -344,11 +344,11 @@ CASES = [
         "the limit is",
     ),
     Bad(
-        "subdirectory-in-postfix",
-        _write("postfix/sasl/smtpd.conf", b"x\n"),
-        "postfix/sasl/smtpd.conf",
+        "hidden-subdirectory-in-postfix",
+        _write("postfix/.sasl/smtpd.conf", b"x\n"),
+        "postfix/.sasl/smtpd.conf",
         None,
-        "only files directly inside",
+        "unexpected directory name",
     ),
     Bad("odd-file-name", _write("postfix/my map", b"a b\n"), "postfix/my map", None, "unexpected file name"),
     Bad(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pygit2
@@ -118,7 +118,8 @@ class ConfigWatcher:
             self._managed = frozenset(names)
 
     def is_managed(self, name: str) -> bool:
-        if name.startswith(".") or APPLY_MARK in name:
+        """Whether ``name`` (relative to the config dir: ``main.cf``, ``sql/x.cf``) is managed."""
+        if name.rsplit("/", 1)[-1].startswith(".") or APPLY_MARK in name:
             return False
         managed = self._managed
         return name in managed or any(name.startswith(f"{m}.") for m in managed)
@@ -127,13 +128,20 @@ class ConfigWatcher:
         paths = _paths(event)
         if isinstance(event, FileMovedEvent) and APPLY_MARK in Path(paths[0]).name:
             return  # an apply (or a rollback, or recovery) renaming its own file into place
-        if not any(Path(p).parent == self.config_dir and self.is_managed(Path(p).name) for p in paths):
+        if not any(self.is_managed(rel) for rel in self._relative(paths)):
             return
         with self._lock:
             if self._applying:
                 self._missed = True
                 return
         self._on_drift()
+
+    def _relative(self, paths: Iterable[str]) -> Iterator[str]:
+        """Event paths inside the config dir (subdirectories too), relative to it."""
+        for p in paths:
+            path = Path(p)
+            if path.is_relative_to(self.config_dir) and path != self.config_dir:
+                yield path.relative_to(self.config_dir).as_posix()
 
     def applying(self, active: bool) -> None:
         """Mark the start and end of an apply; events seen during it are re-checked at the end."""
@@ -145,7 +153,9 @@ class ConfigWatcher:
 
     def start(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        self._observer.schedule(_Handler(self._event), str(self.config_dir), recursive=False, event_filter=WRITE_EVENTS)
+        # Recursive: managed files may live in subdirectories (postfix/sql/...). Outside tables
+        # (rootfs/) are not watched; the periodic drift check covers them.
+        self._observer.schedule(_Handler(self._event), str(self.config_dir), recursive=True, event_filter=WRITE_EVENTS)
         self._observer.daemon = True
         self._observer.start()
 

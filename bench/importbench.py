@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Benchmark of ``reconciler import`` beside ``mariadb-dump`` of the same three tables, same run.
+
+    .venv/bin/python bench/importbench.py [--sizes 100000,1000000] [--repeat N] [--no-diff] [--keep]
+
+Per size N: a private MariaDB and Postfix instance (as bench/run sets them up: example-repo's
+postfix/ folder sandboxized, ``reconciler apply`` of it with no domains), then N generated mailboxes
+in ceil(N/1000) domains and about N/10 alias rows loaded with the ``mariadb`` client (bench/run's
+generator). Measured, each under bench/rusage.py (wall time fork to reap, the command's peak RSS):
+
+- ``reconciler import --out DIR`` (DIR removed between repeats, the secrets it reuses kept);
+- ``mariadb-dump --single-transaction --quick`` of virtual_domains, virtual_users and
+  virtual_aliases to a file: the raw cost of reading and writing out the same rows. Goal: import at
+  most 2x of it.
+
+Unless ``--no-diff``, ``reconciler diff`` against the imported repository (parse cache cold) must
+then exit 0: the import is checked at scale, not only timed. Prints a table and writes
+``bench/out/import.json``. Needs root (Postfix's master runs as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+_loader = importlib.machinery.SourceFileLoader("bench_run", str(ROOT / "bench" / "run"))
+_spec = importlib.util.spec_from_loader("bench_run", _loader)
+assert _spec is not None
+bench = importlib.util.module_from_spec(_spec)
+sys.modules["bench_run"] = bench  # its dataclasses look their module up while being defined
+_loader.exec_module(bench)
+
+from reconciler import sandbox  # noqa: E402
+
+
+def bench_size(size: int, root: Path, db: Any, args: argparse.Namespace) -> dict[str, Any]:
+    base = root / f"n{size}"
+    base.mkdir(mode=0o711)
+    postfix = sandbox.create_postfix_instance(base / "pf")
+    try:
+        host = bench.create_host(base, db, postfix)
+        host.commit("postfix/ only")
+        bench.expect(host.cli("init-db"), (0,), "init-db")
+        bench.expect(host.cli("apply"), (0,), "apply of postfix/")
+        bench.log(f"N={size}: generating and loading the rows")
+        (base / "gen").mkdir()
+        gen = bench.generate_domains(base / "gen", size, base / "load.sql", seed=size)
+        load = bench.measure(db.client_argv("root"), stdin=gen.sql)
+        bench.expect(load, (0,), "mariadb < load.sql")
+        bench.log(f"N={size}: {gen.users} mailboxes, {gen.aliases} aliases loaded in {load.seconds:.1f} s")
+        imports, dumps = [], []
+        out = base / "imported"
+        for _ in range(args.repeat):
+            shutil.rmtree(out, ignore_errors=True)
+            run = host.cli("import", "--out", str(out))
+            bench.expect(run, (0,), "reconciler import")
+            imports.append(run)
+            dump_file = base / "dump.sql"
+            dump = bench.measure(
+                [
+                    "sh",
+                    "-c",
+                    'exec "$0" "$@" > "$DUMP"',
+                    shutil.which("mariadb-dump") or "mariadb-dump",
+                    f"--defaults-file={db.client_defaults_file('root')}",
+                    "--single-transaction",
+                    "--quick",
+                    db.database,
+                    "virtual_domains",
+                    "virtual_users",
+                    "virtual_aliases",
+                ],
+                env={**os.environ, "DUMP": str(dump_file)},
+            )
+            bench.expect(dump, (0,), "mariadb-dump")
+            dumps.append(dump)
+        best, raw = min(imports, key=lambda r: r.seconds), min(dumps, key=lambda r: r.seconds)
+        result: dict[str, Any] = {
+            "size": size,
+            "mailboxes": gen.users,
+            "aliases": gen.aliases,
+            "domains": len(gen.domains),
+            "import_s": round(best.seconds, 2),
+            "import_rss_mb": round(best.rss_mb),
+            "dump_s": round(raw.seconds, 2),
+            "dump_rss_mb": round(raw.rss_mb),
+            "ratio": round(best.seconds / raw.seconds, 2),
+            "import_samples": [round(r.seconds, 2) for r in imports],
+            "dump_samples": [round(r.seconds, 2) for r in dumps],
+            "repo_mb": round(sum(p.stat().st_size for p in (out / "domains").iterdir()) / 1e6, 1),
+        }
+        if args.profile:
+            shutil.rmtree(out, ignore_errors=True)
+            prof = ROOT / "bench" / "out" / f"import-{size}.prof"
+            prof.parent.mkdir(parents=True, exist_ok=True)
+            bench.measure(
+                [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "reconciler", "import", "--out", str(out)],
+                env=host.env,
+            )
+            import pstats
+
+            pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(30)
+        bench.log(f"N={size}: import {best.seconds:.2f} s, mariadb-dump {raw.seconds:.2f} s: {result['ratio']}x")
+        if not args.no_diff:
+            config = base / "config-imported.toml"
+            config.write_text(host.config.read_text().replace(f'url = "{host.work}"', f'url = "{out}"'))
+            diff = bench.measure(
+                [sys.executable, "-m", "reconciler", "diff"], env={**os.environ, "RECONCILER_CONFIG": str(config)}
+            )
+            bench.expect(diff, (0,), "diff against the imported repository")
+            result["diff_s"] = round(diff.seconds, 2)
+            bench.log(f"N={size}: diff against the import exits 0 ({diff.seconds:.2f} s)")
+        return result
+    finally:
+        postfix.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--no-diff", action="store_true", help="skip the diff against the imported repository")
+    parser.add_argument("--profile", action="store_true", help="also run one import under cProfile, print the top")
+    parser.add_argument("--keep", action="store_true", help="leave the files in /tmp")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/importbench.py needs root", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="reconciler-bench-import-"))
+    root.chmod(0o711)
+    db = sandbox.start_mariadb(root / "mariadb")
+    results = []
+    try:
+        for size in (int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()):
+            results.append(bench_size(size, root, db, args))
+    finally:
+        db.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\n{'mailboxes':>10} {'import s':>9} {'dump s':>7} {'ratio':>6} {'RSS MB':>7} {'diff s':>7}")
+    for r in results:
+        print(
+            f"{r['mailboxes']:>10} {r['import_s']:>9.2f} {r['dump_s']:>7.2f} {r['ratio']:>6.2f} "
+            f"{r['import_rss_mb']:>7} {r.get('diff_s', float('nan')):>7.2f}"
+        )
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "import.json").write_text(json.dumps({"machine": bench.machine(), "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
