@@ -94,7 +94,7 @@ def _without_summaries(text: str) -> str:
     summary = ("+ parameter ", "- parameter ", "~ parameter ", "~ service ")
     lines = [line for line in text.split("\n") if not line.startswith(summary)]
     if lines[-2].startswith("postfix: none"):
-        lines = lines[:-3] + [""]  # the blank line before it and the line itself
+        lines = [*lines[:-3], ""]  # the blank line before it and the line itself
     return "\n".join(lines)
 
 
