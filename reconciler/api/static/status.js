@@ -2,8 +2,8 @@
 //
 // Served as a file by the agent (the page's Content-Security-Policy allows no inline script). The
 // page is complete without it. Every second it asks GET /ui/live (with the ETag of what it shows;
-// 304 when nothing changed) and swaps the server-rendered, escaped part in; when the agent stops
-// answering it says so and dims what it shows. The API token, when the agent wants one for
+// 304 when nothing changed) and swaps the server-rendered, escaped part in, while the tab is
+// visible; when the agent stops answering it says so and dims what it shows. The API token, when the agent wants one for
 // POST /sync, is asked once and kept in this tab's sessionStorage: never in a URL or a cookie.
 (function () {
   "use strict";
@@ -57,6 +57,7 @@
 
   function poll() {
     clearTimeout(timer);
+    if (document.hidden) return; // a background tab costs the agent nothing; see visibilitychange
     var ctrl = new AbortController();
     var abort = setTimeout(function () { ctrl.abort(); }, TIMEOUT_MS);
     var headers = {};
@@ -159,6 +160,9 @@
         sync(form);
       });
     }
+    document.addEventListener("visibilitychange", function () {
+      if (!document.hidden) poll();
+    });
     timer = setTimeout(poll, POLL_MS);
   });
 })();
