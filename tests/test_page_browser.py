@@ -133,7 +133,7 @@ def secrets_of(host: MailHost) -> list[str]:
 
 
 def test_page_follows_pushes_and_shows_failures_as_text(browser: webdriver.Chrome, mailhost: MailHost) -> None:
-    """The page shows synced with the applied revision, a push within 2 s without a reload, a hostile subject as text, a bad push as failed with file and line."""
+    """The page shows synced with the applied revision, a push within 2 s without a reload, a hostile subject as text, a bad push as failed with file and line; /status has the head's commit during its attempt."""
     host = mailhost
     configure(host)
     agent = RunningAgent(host)
@@ -177,13 +177,21 @@ def test_page_follows_pushes_and_shows_failures_as_text(browser: webdriver.Chrom
         assert HOSTILE not in browser.page_source and "&lt;img src=x onerror=alert(1)&gt;" in browser.page_source
         assert severe_console(browser) == []
 
+        # head_commit is known while the head's attempt runs, not only once it ended.
+        host.edit("postfix/main.cf", lambda t: t.replace("smtpd_banner = $myhostname ESMTP", "smtpd_banner = $myhostname ESMTP p"))
+        reload_rev = host.commit("a banner change: a reload")
+        status = agent.wait_state("applying", 10, reload_rev)
+        assert status["head_commit"]["subject"] == "a banner change: a reload"
+        assert status["applied_revision"] == hostile
+        until(browser, "the reload applied", lambda: reload_rev[:12] in card(browser, "Applied"), 10)
+
         # A revision Postfix refuses: failed, with the error naming the file and line.
         host.edit("postfix/main.cf", lambda t: t + "smtp_sender_restrictions = x\n")
         bad = host.commit("a typo in main.cf")
         until(browser, "state failed", lambda: badge(browser) == "failed", 10)
         error = text_of(browser, "#last-error")
         assert re.search(r"postfix/main\.cf:\d+: .*smtp_sender_restrictions", error), error
-        assert bad[:12] in card(browser, "Head") and hostile[:12] in card(browser, "Applied")
+        assert bad[:12] in card(browser, "Head") and reload_rev[:12] in card(browser, "Applied")
         assert "rejected" in text_of(browser, "#history") or "failed" in text_of(browser, "#history")
         assert "no plan" in text_of(browser, "#pending")
         shot(browser, "status-page-failed")
