@@ -21,7 +21,7 @@ import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import resources
 from typing import Any
@@ -169,10 +169,8 @@ def diff_blocks(doc: Mapping[str, Any]) -> PendingDiff:
     for c in changes:
         if c.get("kind") == "service":
             blocks.append(DiffBlock("service", f"postfix: {c.get('action')} ({c.get('reason')})", (), "service"))
-    return PendingDiff(
-        f"revision {rev}: {len(changes)} change(s)", tuple(blocks), empty=False, omitted_lines=omitted,
-        changes=len(counted),
-    )
+    header = f"revision {rev}: {len(changes)} change(s)"
+    return PendingDiff(header, tuple(blocks), empty=False, omitted_lines=omitted, changes=len(counted))
 
 
 def blocks_text(pending: PendingDiff) -> str:
@@ -299,7 +297,7 @@ def fleet_hosts(doc: Mapping[str, Any] | None) -> list[FleetHost]:
 
 
 def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else ""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else ""
 
 
 def _iso(value: datetime | None) -> str:
