@@ -65,6 +65,13 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         driver.quit()
 
 
+def open_page(driver: webdriver.Chrome, url: str) -> None:
+    """Load ``url`` with an empty console log (an earlier page may have logged its agent going away)."""
+    driver.get("about:blank")
+    severe_console(driver)
+    driver.get(url)
+
+
 def shot(driver: webdriver.Chrome, name: str, *, full: bool = True) -> Path:
     """A screenshot of the whole page (not only the window) under the artifacts directory."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -140,7 +147,7 @@ def test_page_follows_pushes_and_shows_failures_as_text(browser: webdriver.Chrom
     try:
         first = host.git("rev-parse", "HEAD")
         agent.wait_state("synced", 20, first)
-        browser.get(agent.url + "/")
+        open_page(browser, agent.url + "/")
         assert badge(browser) == "synced"
         assert first[:12] in card(browser, "Applied") and "initial revision" in card(browser, "Applied")
         assert "Test <test@example.net>" in card(browser, "Head")
@@ -217,9 +224,10 @@ def test_sync_now_needs_the_token_and_no_secret_reaches_the_page(browser: webdri
     agent = RunningAgent(host)
     try:
         agent.wait_state("synced", 20)
-        browser.get(agent.url + "/")
+        open_page(browser, agent.url + "/")
         browser.execute_script("window.sessionStorage.clear()")
         assert badge(browser) == "synced"
+        assert severe_console(browser) == []
 
         # Drift in the live relay_password (it holds a secret): reported, not reverted, masked.
         live = host.postfix.config_dir / "relay_password"
