@@ -47,21 +47,26 @@ FLAGS = (
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
-    """One headless Chromium for the module, with a fresh profile and its console log kept."""
-    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), "chromium and chromium-driver are needed"
+def start_chromium(profile: Path) -> webdriver.Chrome:
+    """Headless Chromium on a fresh profile, its console log kept, driven by Debian's chromedriver."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    """One headless Chromium for the module."""
+    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), "chromium and chromium-driver are needed"
     try:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     except WebDriverException as exc:  # a loaded machine can miss chromedriver's start-up deadline once
         print(f"chromium did not start, once more: {exc.msg}")
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     driver.set_page_load_timeout(20)
     try:
         yield driver
