@@ -179,6 +179,7 @@ def test_page_follows_pushes_and_shows_failures_as_text(browser: webdriver.Chrom
         status = agent.status()
         assert status["head_commit"]["subject"] == "add page@example.net"
         assert status["head_commit"]["author"] == "Test <test@example.net>" and status["head_commit"]["time"]
+        assert "head commit: add page@example.net (Test <test@example.net>, 20" in host.cli("status").stdout
         print(f"push shown on the page {seen_after:.2f} s after the commit")
 
         # A commit subject holding markup is text, everywhere it is shown, and runs nothing.
