@@ -310,3 +310,26 @@ def test_live_part_and_its_etag_follow_the_state() -> None:
     assert page.etag(RENDERER.live(other)) != tag
     stuck = PageInput(status(), None, None, alive=False, token_required=False)
     assert 'id="not-alive"' in RENDERER.live(stuck)
+
+
+def test_fleet_document_is_reused_for_a_few_seconds_and_a_failure_keeps_the_last() -> None:
+    """The page reads the fleet at most every FLEET_TTL seconds; a failing read keeps the last document."""
+    now = [0.0]
+    calls: list[int] = []
+    docs: list[Any] = [{"hosts": [{"name": "mx1"}]}, RuntimeError("database down"), {"hosts": []}]
+
+    def source() -> Any:
+        calls.append(1)
+        doc = docs[len(calls) - 1]
+        if isinstance(doc, Exception):
+            raise doc
+        return doc
+
+    cache = page.FleetCache(source, ttl=5.0, clock=lambda: now[0])
+    assert cache.get() == {"hosts": [{"name": "mx1"}]}
+    now[0] = 4.9
+    assert cache.get() == {"hosts": [{"name": "mx1"}]} and len(calls) == 1
+    now[0] = 5.0
+    assert cache.get() == {"hosts": [{"name": "mx1"}]} and len(calls) == 2  # the read failed: the last one
+    now[0] = 10.0
+    assert cache.get() == {"hosts": []} and len(calls) == 3

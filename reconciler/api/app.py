@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
 from reconciler.api.auth import bearer_ok, webhook_ok
-from reconciler.api.page import HEADERS, DiffCache, FleetSource, PageInput, Renderer
+from reconciler.api.page import HEADERS, DiffCache, FleetCache, FleetSource, PageInput, Renderer
 from reconciler.api.page import etag as page_etag
 from reconciler.status import Status
 
@@ -146,19 +146,14 @@ def create_app(
 
     renderer = Renderer()
     diff_cache = DiffCache()
+    fleet_cache = FleetCache(fleet) if fleet is not None else None
 
     def page_input() -> PageInput:
         pending = view.pending_plan_json()
-        fleet_doc = None
-        if fleet is not None:
-            try:
-                fleet_doc = fleet()
-            except Exception as exc:  # the page still shows this host
-                log.warning("api.fleet_failed", error=exc.__class__.__name__)
         return PageInput(
             status=view.status(),
             pending=diff_cache.get(pending) if pending is not None else None,
-            fleet=fleet_doc,
+            fleet=fleet_cache.get() if fleet_cache is not None else None,
             alive=view.alive(),
             token_required=token is not None,
         )

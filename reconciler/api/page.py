@@ -1,10 +1,11 @@
 """The status page of ``GET /``: the agent's state for people, server-rendered from Jinja2 templates.
 
 Called by the API application (``reconciler.api.app``) on ``GET /`` (the whole page) and
-``GET /ui/live`` (the part the page's script swaps in to follow the agent without a reload). Pure
-apart from reading its templates and static files from the package: it is handed the status
-document, the pending plan as ``diff --format json`` prints it, and the fleet document as
-``GET /fleet`` serves it.
+``GET /ui/live`` (the part the page's script swaps in to follow the agent without a reload). It is
+handed the status document, the pending plan as ``diff --format json`` prints it, and the fleet
+document as ``GET /fleet`` serves it; besides rendering, it only reads its templates and static
+files from the package and keeps two small caches (the parsed plan, the fleet document for a few
+seconds), because an open page asks every second.
 
 Everything shown comes from the repository or the live host and is untrusted (a commit subject, an
 author, a diff line): the templates are autoescaped, the page loads only its own script and style
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any
 
+import structlog
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from reconciler.status import Attempt, AttemptResult, Status
@@ -44,9 +47,11 @@ HEADERS = {
 }
 MAX_DIFF_LINES = 2000  # lines of the pending diff on the page; GET /diff has all of it
 MAX_PLAN_BYTES = 8 * 1024 * 1024  # a larger pending plan is not parsed for the page at all
+FLEET_TTL = 5.0  # seconds the page reuses the fleet document
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 FleetSource = Callable[[], Mapping[str, Any] | None]
+log = structlog.get_logger("reconciler.api")
 
 
 class LineStyle(StrEnum):
@@ -212,6 +217,43 @@ class DiffCache:
         with self._lock:
             self._source, self._value = pending, value
         return value
+
+
+class FleetCache:
+    """The fleet document for the page, read at most every ``ttl`` seconds (thread-safe).
+
+    An open page asks for its live part every second; the fleet document may be a database query
+    (``reconciler_hosts``), so the page reuses it for a few seconds. When reading it fails, the
+    page keeps the last document it had (or shows no fleet) and the failure is logged once, not
+    once a second.
+    """
+
+    def __init__(
+        self, source: FleetSource, ttl: float = FLEET_TTL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._source = source
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._doc: Mapping[str, Any] | None = None
+        self._read_at = float("-inf")
+        self._failing = False
+
+    def get(self) -> Mapping[str, Any] | None:
+        with self._lock:
+            now = self._clock()
+            if now - self._read_at < self._ttl:
+                return self._doc
+            self._read_at = now
+            try:
+                self._doc = self._source()
+            except Exception as exc:  # the page still shows this host
+                if not self._failing:
+                    log.warning("page.fleet_failed", error=exc.__class__.__name__)
+                self._failing = True
+            else:
+                self._failing = False
+            return self._doc
 
 
 @dataclass(frozen=True)
