@@ -333,3 +333,11 @@ def test_fleet_document_is_reused_for_a_few_seconds_and_a_failure_keeps_the_last
     assert cache.get() == {"hosts": [{"name": "mx1"}]} and len(calls) == 2  # the read failed: the last one
     now[0] = 10.0
     assert cache.get() == {"hosts": []} and len(calls) == 3
+
+
+def test_a_fresh_agent_renders_before_its_first_attempt() -> None:
+    """Before the first reconcile (no head, no history, no plan) the page renders and says so."""
+    fresh = Status(state=AgentState.OUT_OF_SYNC)
+    text = " ".join(" ".join(parse(render(fresh)).text).split())
+    assert "out_of_sync" in text and "not planned yet" in text and "no attempt yet" in text
+    assert text.count("none yet") == 3  # head, applied, last attempt
