@@ -271,7 +271,7 @@ class Commit:
 
 
 @dataclass(frozen=True)
-class FleetHost:
+class FleetRow:
     """One row of the fleet section, from a ``GET /fleet`` host entry (in-memory view)."""
 
     name: str
@@ -316,7 +316,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def fleet_hosts(doc: Mapping[str, Any] | None) -> list[FleetHost]:
+def fleet_hosts(doc: Mapping[str, Any] | None) -> list[FleetRow]:
     """The host rows of a ``GET /fleet`` document (none when there is no fleet)."""
     hosts = doc.get("hosts") if isinstance(doc, Mapping) else None
     if not isinstance(hosts, list):
@@ -326,7 +326,7 @@ def fleet_hosts(doc: Mapping[str, Any] | None) -> list[FleetHost]:
         if not isinstance(h, Mapping):
             continue
         out.append(
-            FleetHost(
+            FleetRow(
                 name=_text(h.get("name")),
                 wave=_text(h.get("wave")),
                 applied_revision=_text(h.get("applied_revision"))[:12],
