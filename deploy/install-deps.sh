@@ -15,6 +15,7 @@ cd "$ROOT"
 PACKAGES=(
   postfix postfix-mysql mariadb-server mariadb-client
   openssl git openssh-client gnupg ca-certificates python3-venv
+  chromium chromium-driver  # the status page's browser tests (tests/test_page_browser.py)
   systemd  # systemd-analyze verify/security of deploy/reconciler.service (tests/test_unit_file.py)
 )
 

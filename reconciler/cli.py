@@ -260,6 +260,10 @@ def _status_text(status: Status, origin: str) -> str:
     lines = [f"state: {status.state.value}" + (" (dry run)" if status.dry_run else "") + f"  [{origin}]"]
     lines.append(f"source: {status.source} ({status.branch})")
     lines.append(f"head: {short(status.head_revision)}   applied: {short(status.applied_revision)}")
+    hc = status.head_commit
+    if hc is not None and hc.subject is not None:
+        when = f", {hc.time.isoformat(timespec='seconds')}" if hc.time else ""
+        lines.append(f"head commit: {hc.subject} ({hc.author or 'unknown author'}{when})")
     if status.pending_changes:
         lines.append(f"pending changes: {status.pending_changes}")
     if status.next_retry_at:

@@ -65,6 +65,14 @@ class DriftItem(_Doc):
     target: str = Field(description="file name, table name, or table/key")
 
 
+class HeadCommit(_Doc):
+    """Subject, author and time of the branch head, read as soon as the head moves."""
+
+    subject: str | None = Field(default=None, description="first line of the commit message")
+    author: str | None = Field(default=None, description="commit author, 'Name <email>'")
+    time: datetime | None = Field(default=None, description="the commit's author time")
+
+
 class Status(_Doc):
     """The agent's status document (SPEC section 5)."""
 
@@ -77,6 +85,7 @@ class Status(_Doc):
 
     state: AgentState
     head_revision: str | None = Field(default=None, description="the branch head as last read")
+    head_commit: HeadCommit | None = Field(default=None, description="subject, author and time of head_revision")
     applied_revision: str | None = Field(default=None, description="the revision the live state was last synced to")
     last_attempt: Attempt | None = None
     drift: list[DriftItem] = Field(default_factory=list, description="pending changes of a synced revision")

@@ -51,7 +51,7 @@ from reconciler.plan import Kind, Plan
 from reconciler.render import plan_json
 from reconciler.source_remote import public_url
 from reconciler.state import StateDir
-from reconciler.status import AgentState, Attempt, AttemptResult, DriftItem, Status
+from reconciler.status import AgentState, Attempt, AttemptResult, DriftItem, HeadCommit, Status
 
 log = structlog.get_logger("reconciler.agent")
 
@@ -148,6 +148,7 @@ class Agent:
         self._synced: str | None = previous.applied_revision if previous else self.state_dir.read_inventory().revision
         self._state = AgentState.OUT_OF_SYNC  # until the start-up reconcile says otherwise
         self._head: str | None = None
+        self._head_commit: HeadCommit | None = None  # read in _set_head, as soon as the head moves
         self._head_moved_at: float | None = None  # wall time the head was first seen unapplied
         self._last_attempt: Attempt | None = self._history[0] if self._history else None
         self._drift: list[DriftItem] = []
@@ -178,6 +179,7 @@ class Agent:
             return Status(
                 state=self._state,
                 head_revision=self._head,
+                head_commit=self._head_commit,
                 applied_revision=self._synced,
                 last_attempt=self._last_attempt,
                 drift=list(self._drift),
@@ -558,9 +560,14 @@ class Agent:
             return [attempt, *self._history][:50]
 
     def _set_head(self, head: str) -> None:
+        commit = None
+        if head != self._head:  # only this thread writes _head
+            meta = self.source.commit_meta(head)
+            commit = HeadCommit(subject=self.redact(meta.subject), author=self.redact(meta.author), time=meta.time)
         with self._lock:
-            if head != self._head:
+            if commit is not None:
                 self.metrics.head.info({"revision": head})
+                self._head_commit = commit
             self._head = head
             if head == self._synced:
                 self._head_moved_at = None
