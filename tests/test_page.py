@@ -341,3 +341,12 @@ def test_a_fresh_agent_renders_before_its_first_attempt() -> None:
     text = " ".join(" ".join(parse(render(fresh)).text).split())
     assert "out_of_sync" in text and "not planned yet" in text and "no attempt yet" in text
     assert text.count("none yet") == 3  # head, applied, last attempt
+
+
+def test_missing_secrets_are_named() -> None:
+    """A head waiting for secrets of [secrets].dir names them (names only) in the summary."""
+    st_ = status(state=AgentState.DEGRADED, missing_secrets=["relay_password", "<b>x</b>"])
+    html = render(st_)
+    summary = html.split('id="missing-secrets"')[1].split("</p>")[0]
+    assert "<code>relay_password</code>, <code>&lt;b&gt;x&lt;/b&gt;</code>" in summary
+    assert 'id="missing-secrets"' not in render(status())
