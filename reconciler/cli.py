@@ -67,7 +67,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     repo = Path(args.repo)
     rev = args.rev if args.rev or not _is_bare(repo) else "HEAD"
     snapshot = open_snapshot(repo, rev)
-    problems = validate_snapshot(snapshot, live_dir).problems
+    problems = validate_snapshot(snapshot, live_dir, every_host=True).problems
     for problem in problems:
         print(problem)
     what = snapshot.revision or str(repo)

@@ -20,6 +20,7 @@ import structlog
 
 from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover
 from reconciler.db import connect
+from reconciler.desired import HostSpec
 from reconciler.errors import InvalidRevision, PermanentError, SourceError
 from reconciler.models import AgentConfig
 from reconciler.observed import observe
@@ -137,13 +138,23 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     """
     started = time.monotonic()
     check_signature(cfg, snapshot)
-    validated = validate_snapshot(snapshot, cfg.postfix.config_dir, ParseCache.open(state.path / "parsed"))
+    host = cfg.host.resolved()
+    validated = validate_snapshot(snapshot, cfg.postfix.config_dir, ParseCache.open(state.path / "parsed"), host=host)
     if validated.problems:
         raise InvalidRevision(list(validated.problems))
     names = {n for f in validated.desired.files.values() for n in f.secrets}
     secrets = load_secrets(cfg.secrets.dir, names)
     rows = {name: lazy_domain_rows(data) for name, data in validated.desired.domains.items()}
-    desired = desired_from(snapshot.revision, validated.desired.files, validated.tables, rows, secrets)
+    spec = validated.desired.host
+    desired = desired_from(
+        snapshot.revision,
+        validated.desired.files,
+        validated.tables,
+        rows,
+        secrets,
+        host=spec.name if spec is not None else "",
+        origins=host_origins(spec) if spec is not None else None,
+    )
     observed = observe(
         Path(cfg.postfix.config_dir), desired, state.read_inventory(), conn, secrets, full_scan=full_scan
     )
@@ -151,6 +162,15 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     check_deletions(cfg, snapshot, result, observed)
     log.info("plan.done", changes=len(result.changes), seconds=round(time.monotonic() - started, 3))
     return Planned(snapshot, result, observed)
+
+
+def host_origins(spec: HostSpec) -> dict[str, str]:
+    """Per file name, what makes it host-specific on ``spec``'s host (``diff`` shows it)."""
+    out = {name: f"hosts/{spec.name}/postfix/{name}" for name in spec.files}
+    if spec.main_cf:
+        params = ", ".join(sorted(spec.main_cf))
+        out["main.cf"] = out.get("main.cf", "postfix/main.cf") + f" with {spec.path} main_cf: {params}"
+    return out
 
 
 def diff(cfg: AgentConfig, rev: str | None, *, full_scan: bool = False) -> Planned:
