@@ -18,7 +18,7 @@ import structlog
 from reconciler.errors import TemporaryError
 from reconciler.models import MysqlConfig
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 log = structlog.get_logger("reconciler.db")
 
 

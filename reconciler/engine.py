@@ -60,6 +60,7 @@ class Planned:
     snapshot: Snapshot
     plan: Plan
     observed: Observed
+    host: HostSpec | None = None  # this host's host file in the revision (None outside a fleet)
 
 
 @contextlib.contextmanager
@@ -69,10 +70,11 @@ def session(cfg: AgentConfig) -> Iterator[tuple[StateDir, Any]]:
     conn = connect(cfg.mysql)
     try:
         with host_lock(state), gc_paused():
-            recover(state, conn, Path(cfg.postfix.config_dir), cfg.postfix.health_timeout)
+            recover(state, conn, Path(cfg.postfix.config_dir), cfg.postfix.health_timeout, cfg.host.resolved())
             yield state, conn
     finally:
-        conn.close()
+        with contextlib.suppress(Exception):  # a connection to a node that died cannot say goodbye
+            conn.close()
 
 
 @contextlib.contextmanager
@@ -161,7 +163,7 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     result = plan(desired, observed)
     check_deletions(cfg, snapshot, result, observed)
     log.info("plan.done", changes=len(result.changes), seconds=round(time.monotonic() - started, 3))
-    return Planned(snapshot, result, observed)
+    return Planned(snapshot, result, observed, spec)
 
 
 def host_origins(spec: HostSpec) -> dict[str, str]:
@@ -217,12 +219,25 @@ def apply(
         if planned.plan.empty or (should_apply is not None and not should_apply(planned)):
             conn.rollback()
             return planned, ApplyResult(changed=False)
-        applier = Applier(Path(cfg.postfix.config_dir), state, conn, cfg.postfix.health_timeout)
+        spec = planned.host
+        applier = Applier(
+            Path(cfg.postfix.config_dir),
+            state,
+            conn,
+            cfg.postfix.health_timeout,
+            host=cfg.host.resolved(),
+            wave=spec.wave if spec is not None else 0,
+            reconnect=lambda: connect(cfg.mysql),
+        )
         try:
             result = applier.apply(planned.plan, postfix_running=planned.observed.postfix_running)
         except ApplyFailed as exc:
             if not exc.temporary:
                 state.record_failed(revision, str(exc))
             raise
+        finally:
+            if applier.conn is not conn:
+                with contextlib.suppress(Exception):
+                    applier.conn.close()
         state.clear_failed(revision)
         return planned, result
