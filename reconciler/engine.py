@@ -20,8 +20,9 @@ import structlog
 
 from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover
 from reconciler.db import connect
-from reconciler.desired import HostSpec
+from reconciler.desired import HostSpec, host_specs
 from reconciler.errors import InvalidRevision, PermanentError, SourceError
+from reconciler.fleet import WaveCheck, read_fleet, wave_check
 from reconciler.models import AgentConfig
 from reconciler.observed import observe
 from reconciler.parsecache import ParseCache
@@ -164,6 +165,20 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     check_deletions(cfg, snapshot, result, observed)
     log.info("plan.done", changes=len(result.changes), seconds=round(time.monotonic() - started, 3))
     return Planned(snapshot, result, observed, spec)
+
+
+def wave_gate(cfg: AgentConfig, rev: str) -> tuple[int, WaveCheck] | None:
+    """This host's wave and whether the fleet lets it apply ``rev`` now (SPEC 6 waves).
+
+    None when the revision has no host file for this host: it is not part of a rollout. The
+    waves are those of the revision's own ``hosts/*.yaml``; the fleet is read causally.
+    """
+    hosts, _ = host_specs(open_revision(cfg, rev))
+    me = cfg.host.resolved()
+    if me not in hosts:
+        return None
+    waves = {name: spec.wave for name, spec in hosts.items()}
+    return hosts[me].wave, wave_check(read_fleet(cfg), me, rev, waves)
 
 
 def host_origins(spec: HostSpec) -> dict[str, str]:

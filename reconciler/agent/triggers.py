@@ -25,6 +25,7 @@ class Reason(StrEnum):
     DRIFT_FILE = "drift_file"  # a managed file changed in the config dir
     DRIFT_TIMER = "drift_timer"  # periodic check of the rows (and files)
     RETRY = "retry"  # backoff after a temporary error
+    WAVE = "wave"  # a fleet host waiting for lower waves checks them again
 
 
 DEBOUNCE_MAX = 2.0  # seconds: a continuous stream of events still triggers this often

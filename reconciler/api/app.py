@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
 from reconciler.api.auth import bearer_ok, webhook_ok
-from reconciler.status import Status
+from reconciler.status import Fleet, Status
 
 MAX_BODY = 1024 * 1024
 log = structlog.get_logger("reconciler.api")
@@ -38,6 +38,8 @@ class AgentView(Protocol):
     def plan_error(self) -> str | None: ...
 
     def alive(self) -> bool: ...
+
+    def fleet(self) -> Fleet: ...
 
     def request(self, reason: str) -> None: ...
 
@@ -154,6 +156,14 @@ def create_app(view: AgentView, *, token: str | None, webhook_secret: str | None
                 raise HTTPException(status_code=503, detail="no plan yet: the first reconcile is running")
             raise HTTPException(status_code=409, detail=f"no plan for the branch head: {error}")
         return Response(pending, media_type="application/json")
+
+    @app.get("/fleet", response_model=Fleet, responses={503: {"description": "the database cannot be read"}})
+    def fleet() -> Fleet:
+        """Every host of the fleet as ``reconciler_hosts`` says (SPEC 6), read from the database now."""
+        try:
+            return view.fleet()
+        except Exception as exc:
+            raise HTTPException(status_code=503, detail=f"cannot read the fleet: {exc}") from None
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     def metrics() -> Response:
