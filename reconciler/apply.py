@@ -68,6 +68,7 @@ LOCK_NAME_PREFIX = "reconciler:"
 BULK_ROWS = int(os.environ.get("RECONCILER_TEST_BULK_ROWS", "20000"))
 FAULT_ENV = "RECONCILER_TEST_FAIL_AT"  # test-only: name of a step that must fail
 CRASH_ENV = "RECONCILER_TEST_KILL_AT"  # test-only: name of a step where the process kills itself
+DELAY_ENV = "RECONCILER_TEST_DELAY_AT"  # test-only: "STEP:SECONDS", a pause before that step (fleet races)
 
 
 class Step(StrEnum):
@@ -103,6 +104,9 @@ class InjectedFault(Exception):
 def _fault(step: Step, index: int = 0) -> None:
     """Test-only hooks: fail (exception) or crash (SIGKILL, as a power loss) at a named step."""
     names = (step.value, f"{step.value}:{index}")
+    delay = os.environ.get(DELAY_ENV, "")
+    if delay and index == 0 and delay.rpartition(":")[0] == step.value:
+        time.sleep(float(delay.rpartition(":")[2]))
     wanted = os.environ.get(FAULT_ENV)
     if wanted and wanted in names:
         raise InjectedFault(f"injected fault at {wanted}")
