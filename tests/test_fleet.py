@@ -12,7 +12,7 @@ from typing import Any
 
 from fleethost import Fleet, wait_for
 
-MAILBOX = "fleet-new@example.org"
+MAILBOX = "fleet-new@example.net"
 
 
 def start(fleet: Fleet, env: dict[str, dict[str, str]] | None = None) -> str:
@@ -28,6 +28,7 @@ def test_push_goes_live_on_every_host_rows_once(fleet: Any) -> None:
     f: Fleet = fleet({"mx1": 0, "mx2": 0, "mx3": 0})
     start(f)
     before = {n: h.param("myhostname") for n, h in f.hosts.items()}
+    assert {h.rcpt(MAILBOX) for h in f.hosts.values()} == {550}
     f.add_mailbox(MAILBOX)
     f.set_main_cf("mx2", "myhostname", "mx2.fleet.test")
     head = f.push("add a mailbox, rename mx2")
@@ -49,3 +50,63 @@ def test_push_goes_live_on_every_host_rows_once(fleet: Any) -> None:
     res = f.hosts["mx3"].cli("status", "--fleet", "--format", "json")
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads(res.stdout)["head_revision"] == head
+
+
+def test_two_hosts_applying_one_revision_at_once_both_succeed(fleet: Any) -> None:
+    """Two hosts on two Galera nodes holding their row transactions open together: both synced, no failure."""
+    f: Fleet = fleet({"mx1": 0, "mx2": 0})
+    delay = {"RECONCILER_TEST_DELAY_AT": "commit:1.5"}  # both commit after both wrote their rows
+    start(f, {"mx1": delay, "mx2": delay})
+    f.add_mailbox(MAILBOX)
+    head = f.push("add a mailbox")
+    f.wait_synced(head)
+    for host in f.hosts.values():
+        results = {a["result"] for a in host.status()["history"]}
+        assert results <= {"applied", "no_change"}, (host.name, results)
+        assert host.rcpt(MAILBOX) == 250
+    settled = [h.name for h in f.hosts.values() for e in h.events("apply.rows_written_by_another_host")]
+    assert len(settled) >= 1, "neither host's row transaction lost the race"
+    applied = [
+        e["rows"]
+        for h in f.hosts.values()
+        for e in h.events("reconcile.done")
+        if e.get("result") == "applied" and e.get("revision") == head[:12]
+    ]
+    assert sorted(applied) == [0, 1], applied
+
+
+def test_waves_hold_later_hosts_until_lower_waves_applied(fleet: Any) -> None:
+    """Wave 1 waits for wave 0; a revision failing only on the wave-0 host holds wave 1; a stale host stops holding."""
+    f: Fleet = fleet({"mx1": 0, "mx2": 1}, host_timeout=4)
+    mx1, mx2 = f.hosts["mx1"], f.hosts["mx2"]
+    start(f, {"mx1": {"RECONCILER_TEST_DELAY_AT": "commit:2"}})
+    f.add_mailbox(MAILBOX)
+    good = f.push("add a mailbox")
+    seen = wait_for(lambda: mx2.status() if mx2.status()["state"] == "waiting" else None, 20, "mx2 waiting")
+    assert seen["waiting_for"] == ["mx1"] and seen["applied_revision"] != good, seen
+    f.wait_synced(good)
+    first = next(a for a in mx1.status()["history"] if a["revision"] == good)
+    second = next(a for a in mx2.status()["history"] if a["revision"] == good)
+    assert first["finished_at"] <= second["started_at"], (first, second)
+
+    f.add_mailbox("fleet-third@example.net")
+    f.set_main_cf("mx1", "myhostnme", "typo.fleet.test")  # Postfix: "unused parameter"
+    bad = f.push("a typo in mx1's host file")
+    wait_for(lambda: mx1.status()["state"] == "failed", 30, "mx1 failed")
+    held = wait_for(
+        lambda: mx2.status() if "failed" in (mx2.status()["waiting_reason"] or "") else None,
+        20,
+        "mx2 waiting on the revision mx1 failed",
+    )
+    assert held["state"] == "waiting" and held["head_revision"] == bad, held
+    assert held["waiting_for"] == ["mx1"] and held["applied_revision"] == good, held
+    res = mx2.cli("status", "--fleet")
+    assert res.returncode == 1
+    assert "hosts/mx1.yaml" in res.stdout and "waiting" in res.stdout, res.stdout
+    assert mx2.rcpt("fleet-third@example.net") != 250  # the rows stayed at the previous revision
+
+    mx1.stop_agent()  # unseen from now on: after [fleet].host_timeout it no longer holds wave 1
+    f.wait_synced(bad, ["mx2"], timeout=30)
+    assert mx2.rcpt("fleet-third@example.net") == 250
+    stale = {h["name"]: h["stale"] for h in mx2.get("/fleet")["hosts"]}
+    assert stale == {"mx1": True, "mx2": False}
