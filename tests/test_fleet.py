@@ -110,3 +110,48 @@ def test_waves_hold_later_hosts_until_lower_waves_applied(fleet: Any) -> None:
     assert mx2.rcpt("fleet-third@example.net") == 250
     stale = {h["name"]: h["stale"] for h in mx2.get("/fleet")["hosts"]}
     assert stale == {"mx1": True, "mx2": False}
+
+
+def test_galera_node_killed_during_an_apply(fleet: Any) -> None:
+    """mx1's database node dies while its apply holds the row transaction: degraded, fails over, synced; never a mix."""
+    import threading
+
+    f: Fleet = fleet({"mx1": 0, "mx2": 1, "mx3": 1})
+    mx1 = f.hosts["mx1"]
+    start(f, {"mx1": {"RECONCILER_TEST_DELAY_AT": "commit:3"}})
+    old = {n: (h.postfix.config_dir / "main.cf").read_bytes() for n, h in f.hosts.items()}
+    f.add_mailbox(MAILBOX)
+    f.set_main_cf("mx1", "smtpd_banner", "$myhostname ESMTP fleet")
+    head = f.push("add a mailbox, mx1 banner")
+    states: set[str] = set()
+    seen: dict[str, set[bytes]] = {n: set() for n in f.hosts}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for n, h in f.hosts.items():
+                seen[n].add((h.postfix.config_dir / "main.cf").read_bytes())
+            try:
+                states.add(mx1.status()["state"])
+            except OSError:
+                pass
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        wait_for(lambda: mx1.status()["state"] == "applying", 20, "mx1 applying")
+        f.cluster.nodes[0].kill()
+        f.wait_synced(head, timeout=90)
+    finally:
+        stop.set()
+        sampler.join(5)
+        f.cluster.restart(0)
+    assert "degraded" in states, states
+    assert mx1.events("db.failover"), "mx1 never connected past its dead node"
+    new = {n: (h.postfix.config_dir / "main.cf").read_bytes() for n, h in f.hosts.items()}
+    assert new["mx1"] != old["mx1"] and new["mx2"] == old["mx2"]
+    for n in f.hosts:
+        assert seen[n] <= {old[n], new[n]}, n  # each host's main.cf was exactly old or exactly new
+        assert not list(f.hosts[n].postfix.config_dir.glob(".*.reconciler-*")), n
+        assert f.hosts[n].rcpt(MAILBOX) == 250, n
