@@ -15,8 +15,8 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 

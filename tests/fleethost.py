@@ -117,7 +117,7 @@ class FleetHost:
 
     def get(self, path: str) -> Any:
         # S310: plain http to the agent's loopback port, by construction.
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}{path}", timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}{path}", timeout=10) as resp:
             return json.loads(resp.read())
 
     def status(self) -> dict[str, Any]:

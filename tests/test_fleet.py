@@ -7,7 +7,9 @@ over HTTP and SMTP as an operator would.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from typing import Any
 
 from fleethost import Fleet, wait_for
@@ -114,8 +116,6 @@ def test_waves_hold_later_hosts_until_lower_waves_applied(fleet: Any) -> None:
 
 def test_galera_node_killed_during_an_apply(fleet: Any) -> None:
     """mx1's database node dies while its apply holds the row transaction: degraded, fails over, synced; never a mix."""
-    import threading
-
     f: Fleet = fleet({"mx1": 0, "mx2": 1, "mx3": 1})
     mx1 = f.hosts["mx1"]
     start(f, {"mx1": {"RECONCILER_TEST_DELAY_AT": "commit:3"}})
@@ -131,10 +131,8 @@ def test_galera_node_killed_during_an_apply(fleet: Any) -> None:
         while not stop.is_set():
             for n, h in f.hosts.items():
                 seen[n].add((h.postfix.config_dir / "main.cf").read_bytes())
-            try:
+            with contextlib.suppress(OSError):
                 states.add(mx1.status()["state"])
-            except OSError:
-                pass
             stop.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
