@@ -15,6 +15,7 @@ cd "$ROOT"
 PACKAGES=(
   postfix postfix-mysql mariadb-server mariadb-client
   openssl git openssh-client gnupg ca-certificates python3-venv
+  galera-4 rsync  # the fleet tests' three-node Galera cluster (rsync state transfer)
 )
 
 missing=()

@@ -31,7 +31,9 @@ log = structlog.get_logger("reconciler.fleet")
 # wsrep_sync_wait bit 1: a SELECT waits until the node has applied every write the cluster
 # committed before it started. Harmless (an unknown variable) on a server without Galera.
 SYNC_WAIT_READS = 1
-HEALTHY_STATES = frozenset({"synced"})
+# A host has a revision "applied and healthy" when its files are at it and it is synced, or only
+# reports drift it may not revert ([policy].self_heal = false).
+HEALTHY_STATES = frozenset({"synced", "out_of_sync"})
 _UNKNOWN_VARIABLE = 1193
 _NO_SUCH_TABLE = 1146
 

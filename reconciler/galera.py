@@ -151,6 +151,9 @@ def start_galera(base: Path | None = None, size: int = 3, *, timeout: float = 90
     is a fresh ``/tmp/reconciler-galera-*`` (mode 0711). Users and the database are those of
     ``sandbox.start_mariadb``, created on the first node and replicated to the others.
     """
+    if not Path(PROVIDER).is_file():
+        raise SandboxError(f"{PROVIDER} not found: install Debian's galera-4 package")
+    find_tool("rsync")  # the state transfer: Debian's rsync package
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="reconciler-galera-"))
     base.mkdir(parents=True, exist_ok=True)

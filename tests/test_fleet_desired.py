@@ -1,7 +1,7 @@
-"""Per-host desired state of a fleet (SPEC 6): host files, file replacements, main.cf overrides.
+"""A fleet's pure parts (SPEC 6): host files, file replacements, main.cf overrides, the wave rule, config.
 
-Pure parts (main.cf editing, the host tree) run on data; ``validate --repo`` runs Postfix's own
-tools on every host's resulting tree.
+Pure parts (main.cf editing, the host tree, the wave rule) run on data; ``validate --repo`` runs
+Postfix's own tools on every host's resulting tree.
 """
 
 from __future__ import annotations
@@ -10,12 +10,18 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
 
 from reconciler.cfparse import parse_main_cf, set_parameters
 from reconciler.desired import build_desired
-from reconciler.models import MysqlConfig
+from reconciler.fleet import wave_check
+from reconciler.models import MysqlConfig, load_config
 from reconciler.source import open_snapshot
+from reconciler.status import Fleet, FleetHost
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example-repo"
@@ -104,3 +110,51 @@ def test_mysql_host_list_endpoints() -> None:
     cfg = MysqlConfig(host=["db1:3307", "db2", "[::1]:3308"], port=3306)
     assert cfg.endpoints() == [("db1", 3307), ("db2", 3306), ("::1", 3308)]
     assert MysqlConfig(host="127.0.0.1", port=13306).endpoints() == [("127.0.0.1", 13306)]
+
+
+def _host(name: str, wave: int, applied: str, state: str = "synced", **kw: object) -> FleetHost:
+    return FleetHost(
+        name=name,
+        wave=wave,
+        applied_revision=applied,
+        state=state,
+        last_seen=datetime.now(UTC),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_wave_rule() -> None:
+    """Lower waves must have the revision applied and synced; failed ones hold, stale and unlisted ones do not."""
+    rev, old = "b" * 40, "a" * 40
+    waves = {"mx1": 0, "mx2": 0, "mx3": 1, "mx4": 2}
+    fleet = Fleet(hosts=[_host("mx1", 0, rev), _host("mx2", 0, old), _host("mx3", 1, old)])
+    check = wave_check(fleet, "mx3", rev, waves)
+    assert not check.ready and check.waiting_for == ("mx2",) and check.failed == ()
+    assert "waiting for mx2" in check.reason
+    assert wave_check(fleet, "mx2", rev, waves).ready  # same wave: nobody to wait for
+    assert wave_check(fleet, "mx4", rev, waves).waiting_for == ("mx2", "mx3")
+    failed = Fleet(hosts=[_host("mx1", 0, old, "failed", failed_revision=rev), _host("mx2", 0, rev)])
+    check = wave_check(failed, "mx3", rev, waves)
+    assert check.waiting_for == ("mx1",) and check.failed == ("mx1",) and "mx1 failed" in check.reason
+    stale = Fleet(hosts=[_host("mx1", 0, old, "failed", failed_revision=rev, stale=True), _host("mx2", 0, rev)])
+    check = wave_check(stale, "mx3", rev, waves)
+    assert check.ready and check.expired == ("mx1",) and "no longer holding" in check.reason
+    assert wave_check(fleet, "mx3", rev, {"mx3": 1}).ready  # hosts without a host file do not count
+    assert wave_check(fleet, "mx9", rev, waves).ready  # a host without a host file takes no part
+
+
+def test_fleet_configuration_keys(tmp_path: Path) -> None:
+    """[host], [fleet] and a list-valued [mysql].host load; an unknown [fleet] key is an error naming it."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[host]\nname = "mx2"\n[fleet]\nhost_timeout = 30\n[mysql]\nhost = ["db1:3307", "db2"]\nport = 3306\n'
+    )
+    cfg = load_config(path)
+    assert cfg.host.resolved() == "mx2" and cfg.fleet.host_timeout == 30
+    assert cfg.mysql.endpoints() == [("db1", 3307), ("db2", 3306)]
+    path.write_text("[fleet]\nhost_timout = 30\n")
+    with pytest.raises(ValidationError, match="host_timout"):
+        load_config(path)
+    path.write_text("[mysql]\nhost = []\n")
+    with pytest.raises(ValidationError):
+        load_config(path)
