@@ -260,6 +260,7 @@ class Applier:
         host: str = "",
         wave: int = 0,
         reconnect: Callable[[], Any] | None = None,
+        rows_newer: Callable[[str], bool] | None = None,
     ) -> None:
         self.config_dir = config_dir
         self.state = state
@@ -268,6 +269,9 @@ class Applier:
         self.host = host
         self.wave = wave
         self.reconnect = reconnect
+        # Whether a revision is newer than the plan's: the rows another host committed at a newer
+        # revision are never written back to this plan's (a host that planned just before a push).
+        self.rows_newer = rows_newer
         self.rows_written = True  # False when another host had written this plan's rows
 
     def apply(self, plan: Plan, *, postfix_running: bool) -> ApplyResult:
@@ -463,7 +467,19 @@ class Applier:
             got = cur.fetchone()
             if not got or got[0] != 1:
                 raise TemporaryError("another host holds the reconciler's MySQL lock")
+            if changes:
+                causal(cur)
             self.conn.begin()
+            if changes and self.rows_newer is not None:
+                cur.execute("SELECT value FROM reconciler_state WHERE name = %s FOR UPDATE", ("applied_revision",))
+                marker = cur.fetchone()
+                at = str(marker[0]) if marker else ""
+                if at and at != plan.revision and self.rows_newer(at):
+                    raise ApplyFailed(
+                        Step.ROWS,
+                        f"the rows are at {at[:12]}, newer than this revision: another host applied it; retried",
+                        temporary=True,
+                    )
             if bulk:
                 cur.execute("SET @reconciler_digest_off = 1")
             domain_ids: dict[str, int] = {}

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,8 @@ def apply(
             host=cfg.host.resolved(),
             wave=spec.wave if spec is not None else 0,
             reconnect=lambda: connect(cfg.mysql),
+            # An explicit ``apply --rev`` may go back; the agent never writes rows back over newer ones.
+            rows_newer=None if retry_failed else partial(snapshot.superseded_by, ref=f"refs/heads/{cfg.source.branch}"),
         )
         try:
             result = applier.apply(planned.plan, postfix_running=planned.observed.postfix_running)

@@ -12,7 +12,12 @@ import json
 import threading
 from typing import Any
 
+import pytest
 from fleethost import Fleet, wait_for
+
+from reconciler import engine
+from reconciler.apply import ApplyFailed
+from reconciler.models import load_config
 
 MAILBOX = "fleet-new@example.net"
 
@@ -153,3 +158,30 @@ def test_galera_node_killed_during_an_apply(fleet: Any) -> None:
         assert seen[n] <= {old[n], new[n]}, n  # each host's main.cf was exactly old or exactly new
         assert not list(f.hosts[n].postfix.config_dir.glob(".*.reconciler-*")), n
         assert f.hosts[n].rcpt(MAILBOX) == 250, n
+
+
+def test_host_specific_diff_and_no_rows_written_back(mailhost: Any) -> None:
+    """diff names what is host-specific; the agent's apply of a revision older than the rows refuses (temporary)."""
+    host = mailhost
+    with host.config.open("a") as fh:
+        fh.write('[host]\nname = "mx2"\n')
+    (host.work / "hosts").mkdir()
+    (host.work / "hosts" / "mx2.yaml").write_text("host: mx2\nmain_cf:\n  smtpd_banner: $myhostname ESMTP mx2\n")
+    first = host.commit("mx2's banner")
+    res = host.cli("diff")
+    assert res.returncode == 1, res.stderr
+    assert f"revision {first[:12]} on host mx2:" in res.stdout
+    assert "host-specific: postfix/main.cf with hosts/mx2.yaml main_cf: smtpd_banner" in res.stdout
+    assert host.cli("apply").returncode == 0
+    assert "ESMTP mx2" in host.postfix.postconf("-h", "smtpd_banner")
+    host.add_mailbox("newer@example.net")
+    second = host.commit("a mailbox")
+    assert host.cli("apply").returncode == 0
+    cfg = load_config(host.config)
+    with pytest.raises(ApplyFailed, match="newer than this revision") as failed:
+        engine.apply(cfg, first)
+    assert failed.value.temporary
+    assert host.rcpt("newer@example.net") == 250
+    assert host.cli("apply", "--rev", first).returncode == 0  # an explicit --rev may still go back
+    assert host.rcpt("newer@example.net") == 550
+    assert second != first
