@@ -437,11 +437,14 @@ class Applier:
             self.conn.rollback()
         with contextlib.suppress(Exception), self.conn.cursor() as cur:
             cur.execute("SET @reconciler_digest_off = NULL")
-        if not plan.rows or not self._rows_as_planned(plan):
+        # Without row changes the conflict was on this host's own row (a report through another
+        # node): recording it again is all there is to do.
+        if plan.rows and not self._rows_as_planned(plan):
             raise ApplyFailed(
                 Step.ROWS, f"row transaction lost to another writer ({exc.args[-1]}); retried", temporary=True
             )
-        log.info("apply.rows_written_by_another_host", error=str(exc.args[-1]))
+        event = "apply.rows_written_by_another_host" if plan.rows else "apply.host_row_conflict"
+        log.info(event, error=str(exc.args[-1]))
         self.rows_written = False
         self.conn.begin()
         with self.conn.cursor() as cur:
