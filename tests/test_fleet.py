@@ -123,7 +123,7 @@ def test_galera_node_killed_during_an_apply(fleet: Any) -> None:
     """mx1's database node dies while its apply holds the row transaction: degraded, fails over, synced; never a mix."""
     f: Fleet = fleet({"mx1": 0, "mx2": 1, "mx3": 1})
     mx1 = f.hosts["mx1"]
-    start(f, {"mx1": {"RECONCILER_TEST_DELAY_AT": "commit:3"}})
+    start(f, {"mx1": {"RECONCILER_TEST_DELAY_AT": "commit:2"}})
     old = {n: (h.postfix.config_dir / "main.cf").read_bytes() for n, h in f.hosts.items()}
     f.add_mailbox(MAILBOX)
     f.set_main_cf("mx1", "smtpd_banner", "$myhostname ESMTP fleet")
