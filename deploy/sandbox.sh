@@ -25,6 +25,10 @@ echo "==> validating $REPO"
 echo "==> starting the sandbox in $SANDBOX_DIR"
 .venv/bin/python -m reconciler.sandbox up --dir "$SANDBOX_DIR" --repo "$REPO"
 
+echo "==> guarding the bare repository with the pre-receive hook (docs/push-checks.md)"
+bash deploy/install-pre-receive.sh "$(sed -n 's/^url = "\(.*\)"$/\1/p' "$SANDBOX_DIR/config.toml")" \
+  "$ROOT/.venv/bin/reconciler" "$SANDBOX_DIR/config.toml"
+
 echo "==> creating the tables"
 .venv/bin/reconciler --config "$SANDBOX_DIR/config.toml" init-db
 
@@ -62,6 +66,8 @@ Push a change and watch it go live:
   \$EDITOR domains/example.net.yaml          # add a mailbox
   git commit -qam "add a mailbox" && git push -q origin main
   curl -s $STATUS_URL
+A push the agent would reject (a typo in postfix/main.cf, a plaintext password) is refused by the
+repository's pre-receive hook, with each problem on the pusher's terminal.
 
 Stop everything: kill \$(cat $SANDBOX_DIR/agent.pid); .venv/bin/python -m reconciler.sandbox down --dir $SANDBOX_DIR
 EOT

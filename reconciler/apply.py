@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -49,11 +50,12 @@ from typing import Any
 import pymysql.err
 import structlog
 
+from reconciler.db import rebuild_digests
 from reconciler.errors import ReconcilerError, TemporaryError
 from reconciler.fleet import applied_apply_id, causal, record_applied
 from reconciler.observed import domain_digests
 from reconciler.parsecache import built_files
-from reconciler.plan import Action, Plan
+from reconciler.plan import Action, FileChange, Plan
 from reconciler.postfix import ToolResult, backdate, postalias, postfix_cmd, postmap, run_tool
 from reconciler.state import Inventory, StateDir, atomic_write, fsync_dir
 from reconciler.verify import check_health
@@ -62,13 +64,17 @@ log = structlog.get_logger("reconciler.apply")
 
 NEW = ".reconciler-new"
 BAK = ".reconciler-bak"
+BUILD_DIR = ".reconciler-conf"  # the directory of the main.cf tables are built against
 LOCK_NAME_PREFIX = "reconciler:"
+LOCK_TIMEOUT_ENV = "RECONCILER_LOCK_TIMEOUT"  # seconds a command waits for the host lock (default 600)
 # Row changes from which writing the touched domains' digests once beats per-row trigger upserts
 # (tests lower it to run the bulk path on small plans).
 BULK_ROWS = int(os.environ.get("RECONCILER_TEST_BULK_ROWS", "20000"))
 FAULT_ENV = "RECONCILER_TEST_FAIL_AT"  # test-only: name of a step that must fail
 CRASH_ENV = "RECONCILER_TEST_KILL_AT"  # test-only: name of a step where the process kills itself
 DELAY_ENV = "RECONCILER_TEST_DELAY_AT"  # test-only: "STEP:SECONDS", a pause before that step (fleet races)
+PAUSE_ENV = "RECONCILER_TEST_PAUSE_AT"  # test-only: name of a step where the apply waits (once) ...
+PAUSE_FILE_ENV = "RECONCILER_TEST_PAUSE_FILE"  # ... until this file, which it creates, reads "go"
 
 
 class Step(StrEnum):
@@ -87,14 +93,19 @@ class Step(StrEnum):
 
 
 class ApplyFailed(ReconcilerError):
-    """A step failed; everything was rolled back (``rolled_back``) or could not be (see message)."""
+    """A step failed; everything was rolled back (``rolled_back``) or could not be (see message).
 
-    def __init__(self, step: Step, message: str, *, rolled_back: bool = True, temporary: bool = False) -> None:
+    ``cause`` is what broke the step; ``reconciler.outcome`` decides from it whose fault it was.
+    """
+
+    def __init__(
+        self, step: Step, message: str, *, rolled_back: bool = True, cause: BaseException | None = None
+    ) -> None:
         super().__init__(f"{step.value}: {message}")
         self.step = step
         self.detail = message
         self.rolled_back = rolled_back
-        self.temporary = temporary  # the cause was outside the revision (database down, lock held)
+        self.cause = cause
 
 
 class InjectedFault(Exception):
@@ -113,6 +124,22 @@ def _fault(step: Step, index: int = 0) -> None:
     crash = os.environ.get(CRASH_ENV)
     if crash and crash in names:
         os.kill(os.getpid(), signal.SIGKILL)
+    pause, pause_file = os.environ.get(PAUSE_ENV), os.environ.get(PAUSE_FILE_ENV)
+    if pause and pause_file and pause in names:
+        _pause(Path(pause_file))
+
+
+def _pause(marker: Path) -> None:
+    """Test-only: wait at a step while a fault campaign kills something; once per marker file."""
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # paused before: later applies run through
+    os.write(fd, f"paused {os.getpid()}\n".encode())
+    os.close(fd)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not marker.read_text().startswith("go"):
+        time.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -173,23 +200,50 @@ class _Journal:
 
 
 @contextlib.contextmanager
-def host_lock(state: StateDir, timeout: float = 600.0) -> Iterator[None]:
-    """One apply at a time per host: an exclusive flock on the state dir's lock file."""
+def host_lock(state: StateDir, timeout: float | None = None) -> Iterator[None]:
+    """One apply at a time per host: an exclusive flock on the state dir's lock file.
+
+    A second command waits for the first (``[state]`` lock, up to ``timeout`` seconds, default
+    ``RECONCILER_LOCK_TIMEOUT`` or 600), saying once who holds it; then it gives up with a
+    ``TemporaryError`` (``reconciler apply`` exits 2). The holder's pid and command are written
+    into the lock file for that message.
+    """
+    if timeout is None:
+        timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, "600"))
     state.ensure()
     fd = os.open(state.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + timeout
     try:
+        warned = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = _lock_holder(state.lock_path)
                 if time.monotonic() > deadline:
-                    raise TemporaryError("another apply holds the host lock") from None
+                    raise TemporaryError(
+                        f"another reconcile holds the host lock {state.lock_path} ({holder}); "
+                        f"gave up after {timeout:.0f} s"
+                    ) from None
+                if not warned:
+                    log.warning("lock.waiting", lock=str(state.lock_path), holder=holder, timeout=timeout)
+                    warned = True
                 time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} {' '.join(sys.argv[1:])[:200]}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "unknown process"
 
 
 def _chgrp(path: Path, group: str, mode: int) -> None:
@@ -208,6 +262,8 @@ def _write_new(path: Path, content: bytes, mode: int, group: str) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except OSError as exc:  # a full disk: say which file (os.write does not)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         os.close(fd)
     _chgrp(path, group, mode)
@@ -322,12 +378,11 @@ class Applier:
             _fault(step)
             self._commit(plan, journal.apply_id)
         except Exception as exc:
-            detail = exc.detail if isinstance(exc, ApplyFailed) else str(exc)
+            detail = exc.detail if isinstance(exc, ApplyFailed) else _describe(exc)
             log.warning("apply.rollback", step=step.value, error=detail)
             rolled = self._rollback(journal, step, txn_open, postfix_running)
-            temporary = isinstance(exc, TemporaryError | pymysql.err.OperationalError | pymysql.err.InterfaceError)
-            temporary = temporary or conflict(exc) or (isinstance(exc, ApplyFailed) and exc.temporary)
-            raise ApplyFailed(step, detail, rolled_back=rolled, temporary=temporary) from None
+            cause = exc.cause if isinstance(exc, ApplyFailed) else exc
+            raise ApplyFailed(step, detail, rolled_back=rolled, cause=cause) from None
         # Past the commit point: only clean-up remains, and recovery would redo it.
         _fault(Step.COMMIT, 1)  # test-only: a crash right after the commit point must roll forward
         self._release_lock()
@@ -363,6 +418,12 @@ class Applier:
 
     def _build(self, plan: Plan, journal: _Journal) -> None:
         files = {c.name: c for c in plan.files}
+        if not any(c.action is Action.REBUILD for c in plan.tables):
+            return
+        with build_config(self.config_dir, files.get("main.cf")) as build_dir:
+            self._build_tables(plan, journal, files, build_dir)
+
+    def _build_tables(self, plan: Plan, journal: _Journal, files: Mapping[str, FileChange], build_dir: Path) -> None:
         for change in plan.tables:
             if change.action is not Action.REBUILD:
                 continue
@@ -384,9 +445,7 @@ class Applier:
             if prebuilt is not None and _copy_built(prebuilt, tmp_source, table.built_suffixes):
                 log.info("table.reused", table=table.name)  # the staged check's build of the same bytes
             else:
-                res = (postalias if table.builder == "postalias" else postmap)(
-                    self.config_dir, f"{table.type}:{tmp_source}"
-                )
+                res = (postalias if table.builder == "postalias" else postmap)(build_dir, f"{table.type}:{tmp_source}")
                 diags = [d.text for d in res.diagnostics]
                 if res.returncode != 0 or diags:
                     raise ApplyFailed(Step.BUILD, f"{table.builder} {table.name}: " + "; ".join(diags or ["failed"]))
@@ -440,9 +499,8 @@ class Applier:
         # Without row changes the conflict was on this host's own row (a report through another
         # node): recording it again is all there is to do.
         if plan.rows and not self._rows_as_planned(plan):
-            raise ApplyFailed(
-                Step.ROWS, f"row transaction lost to another writer ({exc.args[-1]}); retried", temporary=True
-            )
+            why = f"row transaction lost to another writer ({exc.args[-1]}); retried"
+            raise ApplyFailed(Step.ROWS, why, cause=TemporaryError(why))
         event = "apply.rows_written_by_another_host" if plan.rows else "apply.host_row_conflict"
         log.info(event, error=str(exc.args[-1]))
         self.rows_written = False
@@ -478,11 +536,8 @@ class Applier:
                 marker = cur.fetchone()
                 at = str(marker[0]) if marker else ""
                 if at and at != plan.revision and self.rows_newer(at):
-                    raise ApplyFailed(
-                        Step.ROWS,
-                        f"the rows are at {at[:12]}, newer than this revision: another host applied it; retried",
-                        temporary=True,
-                    )
+                    why = f"the rows are at {at[:12]}, newer than this revision: another host applied it; retried"
+                    raise ApplyFailed(Step.ROWS, why, cause=TemporaryError(why))
             if bulk:
                 cur.execute("SET @reconciler_digest_off = 1")
             domain_ids: dict[str, int] = {}
@@ -592,7 +647,12 @@ class Applier:
             res = postfix_cmd(self.config_dir, "reload", timeout=60)
         if res.returncode != 0:
             detail = "; ".join(d.text for d in res.diagnostics) or f"exit {res.returncode}"
-            raise ApplyFailed(Step.SERVICE, f"postfix {action.value}: {detail}")
+            cause: BaseException | None = None
+            if postfix_cmd(self.config_dir, "status", timeout=30).returncode != 0:
+                # The master died under us (killed, OOM): not the revision's fault, worth a retry.
+                cause = TemporaryError("the Postfix master is not running")
+                detail += " (the Postfix master is not running)"
+            raise ApplyFailed(Step.SERVICE, f"postfix {action.value}: {detail}", cause=cause)
 
     def _release_lock(self) -> None:
         with contextlib.suppress(Exception), self.conn.cursor() as cur:
@@ -626,6 +686,18 @@ class Applier:
         return ok
 
 
+def repair_digests(conn: Any) -> None:
+    """Rebuild ``reconciler_digest`` from every row and commit: the agent's own bookkeeping.
+
+    Called by ``engine.apply`` when the observer found the stored digests stale, before the plan's
+    row writes (whose triggers then update exact digests); never by a dry run.
+    """
+    with conn.cursor() as cur:
+        rebuild_digests(cur)
+    conn.commit()
+    log.warning("digests.rebuilt", reason="reconciler_digest disagreed with the rows")
+
+
 def _store_digests(cur: Any, plan: Plan, domain_id: Callable[[str], int]) -> None:
     """After a bulk write (triggers idle): the touched domains' digests, as the plan knows them.
 
@@ -645,6 +717,32 @@ def _store_digests(cur: Any, plan: Plan, domain_id: Callable[[str], int]) -> Non
         )
 
 
+@contextlib.contextmanager
+def build_config(config_dir: Path, main_cf: FileChange | None) -> Iterator[Path]:
+    """A private directory holding the main.cf the tables are built against: the new one.
+
+    ``postmap -c DIR`` reads DIR/main.cf. The live one may not exist yet (a first apply onto
+    Debian's "No configuration" install) or may be about to change, so tables are built against
+    the main.cf of the plan (else the live one, else an empty one), in a 0700 directory inside
+    the config dir (main.cf may hold a secret), removed afterwards.
+    """
+    build_dir = config_dir / f".build{BUILD_DIR}"
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(mode=0o700)
+    try:
+        if main_cf is not None and main_cf.content is not None:
+            content = main_cf.content
+        else:
+            try:
+                content = (config_dir / "main.cf").read_bytes()
+            except FileNotFoundError:
+                content = b""
+        _write_new(build_dir / "main.cf", content, 0o600, "root")
+        yield build_dir
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
 def _copy_built(prebuilt: list[Path], tmp_source: Path, suffixes: tuple[str, ...]) -> bool:
     """Copy the staged check's built files beside the new source; False (and nothing left) if one is gone."""
     targets = [Path(f"{tmp_source}{suffix}") for suffix in suffixes]
@@ -656,6 +754,15 @@ def _copy_built(prebuilt: list[Path], tmp_source: Path, suffixes: tuple[str, ...
             target.unlink(missing_ok=True)
         return False
     return True
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's text for the status: an OSError with its path, a database error with its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args:
+        return f"database: {exc.args[-1]}"
+    return str(exc)
 
 
 def _v(values: Mapping[str, str] | None, key: str) -> str:
@@ -709,6 +816,9 @@ def finish_committed(journal: _Journal) -> None:
 def cleanup_temps(config_dir: Path) -> None:
     """Remove leftovers of an apply that never reached its journal."""
     for path in config_dir.glob(".*.reconciler-*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
@@ -738,6 +848,33 @@ def restore_service(config_dir: Path, *, restart: bool, timeout: float) -> bool:
     return health.ok
 
 
+def _recover_unreadable(state: StateDir, config_dir: Path, exc: Exception, health_timeout: float) -> str:
+    """Recovery without a readable journal (torn by a power loss, or edited): put back what can be.
+
+    Every backup beside a live file (``.NAME.reconciler-bak``) is renamed back and temporaries are
+    removed, so every file an apply replaced or deleted is old again; the rows are whatever the
+    database committed. Files the lost apply created stay. The inventory's revision is forgotten,
+    so that the next apply plans from the live state alone and converges to its revision.
+    """
+    log.warning("apply.journal_unreadable", path=str(state.journal_path), error=str(exc).splitlines()[0])
+    restored = 0
+    if config_dir.is_dir():
+        for backup in sorted(config_dir.glob(f".*{BAK}")):
+            live = backup.with_name(backup.name[1 : -len(BAK)])
+            os.replace(backup, live)
+            restored += 1
+        cleanup_temps(config_dir)
+        fsync_dir(config_dir)
+    inventory = state.read_inventory()
+    state.write_inventory(Inventory(None, inventory.files, inventory.tables))
+    if restored and postfix_cmd(config_dir, "status", timeout=30).returncode == 0:
+        restore_service(config_dir, restart=False, timeout=health_timeout)
+    os.replace(state.journal_path, state.journal_path.with_name(f"{state.journal_path.name}.corrupt"))
+    fsync_dir(state.path)
+    log.info("apply.recovered", outcome="restored backups", restored=restored, revision=None)
+    return "restored backups"
+
+
 def recover(state: StateDir, conn: Any, config_dir: Path, health_timeout: float = 10.0, host: str = "") -> str | None:
     """Finish or undo an interrupted apply; returns what was done, None when there was nothing.
 
@@ -751,6 +888,8 @@ def recover(state: StateDir, conn: Any, config_dir: Path, health_timeout: float 
         if config_dir.is_dir():
             cleanup_temps(config_dir)
         return None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return _recover_unreadable(state, config_dir, exc, health_timeout)
     config_dir = Path(journal.config_dir)
     committed = journal.phase == "committed"
     if not committed and journal.phase == "swapping":

@@ -58,7 +58,8 @@ def _is_bare(path: Path) -> bool:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check a revision or folder; print each problem as ``path[:line]: message``."""
+    """Check a revision or folder; print each problem as ``path[:line]: message`` (or as JSON, or GitHub commands)."""
+    from reconciler.render import problems_github, problems_json
     from reconciler.source import open_snapshot
     from reconciler.validate import DEFAULT_LIVE_CONFIG_DIR, validate_snapshot
 
@@ -66,17 +67,63 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.config or os.environ.get("RECONCILER_CONFIG") or Path(DEFAULT_CONFIG).exists():
         live_dir = read_config(args.config).postfix.config_dir
     repo = Path(args.repo)
-    rev = args.rev if args.rev or not _is_bare(repo) else "HEAD"
+    bare = _is_bare(repo)
+    rev = args.rev if args.rev or not bare else "HEAD"
     snapshot = open_snapshot(repo, rev)
     problems = validate_snapshot(snapshot, live_dir, every_host=True).problems
-    for problem in problems:
-        print(problem)
     what = snapshot.revision or str(repo)
+    if args.format == "json":
+        sys.stdout.write(problems_json(what, snapshot.revision, problems))
+    elif args.format == "github":
+        sys.stdout.write(problems_github(problems, "" if bare else _checkout_prefix(repo)))
+    else:
+        for problem in problems:
+            print(problem)
     if problems:
         print(f"{what}: {len(problems)} problem(s)", file=sys.stderr)
         return EXIT_FAIL
     print(f"{what}: valid", file=sys.stderr)
     return EXIT_OK
+
+
+def _checkout_prefix(repo: Path) -> str:
+    """The folder of ``repo`` relative to the working directory (the CI checkout), "" if it is not inside."""
+    try:
+        rel = repo.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return ""
+    return "" if rel == Path() else rel.as_posix()
+
+
+def cmd_pre_receive(args: argparse.Namespace) -> int:
+    """git's pre-receive hook: exit 0 accepts the push, 1 refuses it, 2 could not judge (git refuses too)."""
+    from reconciler.prereceive import check_push, parse_updates
+
+    cfg = read_config(args.config)
+    repo = Path(os.environ.get("GIT_DIR") or ".").resolve()
+    try:
+        verdicts = check_push(cfg, repo, parse_updates(sys.stdin))
+    except ReconcilerError:
+        raise  # exit 2 through main(), with its message
+    except Exception as exc:  # fail closed: whatever went wrong, the push is not accepted
+        log.exception("prereceive.crashed")
+        print(f"reconciler: pre-receive could not check the push: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    refused = 0
+    for verdict in verdicts:
+        if not verdict.checked:
+            continue
+        rev = verdict.update.new[:12]
+        for problem in verdict.problems:
+            print(problem, file=sys.stderr)
+        if verdict.problems:
+            refused += 1
+            print(
+                f"reconciler: {verdict.update.ref} {rev} refused: {len(verdict.problems)} problem(s)", file=sys.stderr
+            )
+        else:
+            print(f"reconciler: {verdict.update.ref} {rev}: valid", file=sys.stderr)
+    return EXIT_FAIL if refused else EXIT_OK
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -101,10 +148,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """One transactional reconcile; exit 0 applied or nothing to do, 1 rejected or rolled back."""
+    """One transactional reconcile; exit 0 applied or nothing to do, 1 rejected or rolled back, 2 could not run.
+
+    Which of 1 and 2 is decided by ``reconciler.outcome``: the revision's fault exits 1, the
+    host's (a missing secret) or a temporary one (database, lock, disk space) exits 2.
+    """
+    import pymysql.err
+
     from reconciler.apply import ApplyFailed
     from reconciler.engine import apply
-    from reconciler.errors import InvalidRevision, PermanentError
+    from reconciler.errors import Fault, InvalidRevision
+    from reconciler.outcome import classify
 
     cfg = read_config(args.config)
     try:
@@ -114,13 +168,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"reconciler: revision rejected: {len(exc.problems)} problem(s); nothing changed", file=sys.stderr)
         return EXIT_FAIL
-    except ApplyFailed as exc:
-        state = "rolled back" if exc.rolled_back else "ROLLBACK INCOMPLETE, check the host"
-        print(f"reconciler: apply failed at step {exc.step.value}: {exc.detail}; {state}", file=sys.stderr)
-        return EXIT_FAIL
-    except PermanentError as exc:
-        print(f"reconciler: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+    except (ReconcilerError, pymysql.err.MySQLError, OSError) as exc:
+        outcome = classify(exc)
+        if isinstance(exc, ApplyFailed):
+            state = "rolled back" if exc.rolled_back else "ROLLBACK INCOMPLETE, check the host"
+            message = f"apply failed at step {exc.step.value}: {exc.detail}; {state}"
+        else:
+            message = outcome.error
+        if outcome.fault is Fault.HOST:
+            message += "; the host must fix this (the revision is not marked failed)"
+        elif outcome.fault is Fault.TEMPORARY:
+            message += "; temporary, try again later"
+        print(f"reconciler: {message}", file=sys.stderr)
+        return outcome.exit_code
     rev = (planned.snapshot.revision or "")[:12]
     if not result.changed:
         print(f"revision {rev}: in sync, nothing to do")
@@ -326,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a revision with the schemas and Postfix's own tools")
     p.add_argument("--repo", default=".", help="repository, work tree or plain folder (default: .)")
     p.add_argument("--rev", help="git revision to read from the object database (default: the files as they are)")
+    p.add_argument(
+        "--format",
+        choices=["text", "json", "github"],
+        default="text",
+        help="text: path[:line]: message; json: one document; github: workflow commands (annotations on a PR)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("diff", help="dry run: show what apply would change")
@@ -346,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet", action="store_true", help="every host of the fleet, from the database")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("pre-receive", help="git pre-receive hook: refuse a push whose branch head is invalid")
+    p.set_defaults(func=cmd_pre_receive)
+
     p = sub.add_parser("init-db", help="create or upgrade the MySQL tables")
     p.set_defaults(func=cmd_init_db)
     return parser
@@ -360,6 +429,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ReconcilerError as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # a database or filesystem error: a clear line, exit 2, never a traceback
+        import pymysql.err
+
+        if not isinstance(exc, pymysql.err.MySQLError | OSError):
+            raise
+        from reconciler.outcome import classify
+
+        print(f"reconciler: {classify(exc).error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR

@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import structlog
 import yaml
 from pydantic import ValidationError
 
@@ -34,6 +35,8 @@ from reconciler.errors import Problem
 from reconciler.models import DomainFile, HostFile
 from reconciler.parsecache import ParseCache, write_rows
 from reconciler.source import EntryKind, Locator, Snapshot, read_located
+
+log = structlog.get_logger("reconciler.desired")
 
 MAX_FILE_SIZE = 64 * 1024 * 1024
 MAX_PROBLEMS_PER_FILE = 1000
@@ -174,7 +177,14 @@ def build_desired(
         if cache is not None and cached is not None and path == f"{DOMAINS_DIR}{cached.domain}.yaml":
             blob = entry.blob_id
             domains.append(
-                DomainData(cached.domain, path, blob, cached.digest, cached.alias_keys, partial(cache.rows, blob))
+                DomainData(
+                    cached.domain,
+                    path,
+                    blob,
+                    cached.digest,
+                    cached.alias_keys,
+                    partial(_cached_rows, cache, snapshot, path, blob),
+                )
             )
             continue
         if in_domains:
@@ -314,6 +324,18 @@ PARALLEL_PARSE_BYTES = 8 * 1024 * 1024
 
 def _rows(users: tuple[Pair, ...], aliases: tuple[Pair, ...]) -> Rows:
     return users, aliases
+
+
+def _cached_rows(cache: ParseCache, snapshot: Snapshot, path: str, blob: str) -> Rows:
+    """A cached blob's rows; a rows file lost or torn (a power loss) is parsed again from git, with a warning."""
+    try:
+        return cache.rows(blob)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        log.warning("parse_cache.rows_unreadable", path=path, error=f"{type(exc).__name__}: {exc}")
+    _problems, parsed = parse_for_rows(path, blob, snapshot.read(path), str(cache.rows_dir()))
+    if parsed is None:  # cached as valid, so it parsed before: the same bytes parse again
+        raise ValueError(f"{path}: cached as valid but does not parse")
+    return parsed[1], parsed[2]
 
 
 def parse_for_rows(path: str, blob_id: str, data: bytes, rows_dir: str | None = None) -> ParseOutcome:

@@ -19,16 +19,17 @@ from typing import Any
 
 import structlog
 
-from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover
+from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover, repair_digests
 from reconciler.db import connect
 from reconciler.desired import HostSpec, host_specs
-from reconciler.errors import InvalidRevision, PermanentError, SourceError
+from reconciler.errors import Fault, InvalidRevision, PermanentError, ReconcilerError, SourceError
 from reconciler.fleet import WaveCheck, read_fleet, wave_check
 from reconciler.models import AgentConfig
 from reconciler.observed import observe
+from reconciler.outcome import fault_of
 from reconciler.parsecache import ParseCache
 from reconciler.plan import Action, Observed, Plan, desired_from, lazy_domain_rows, plan
-from reconciler.secrets import SecretError, load_secrets
+from reconciler.secrets import load_secrets
 from reconciler.signatures import SignatureRejected, verify_commit
 from reconciler.source import Snapshot, open_snapshot
 from reconciler.state import StateDir
@@ -117,18 +118,27 @@ def check_signature(cfg: AgentConfig, snapshot: Snapshot) -> None:
 def check_deletions(cfg: AgentConfig, snapshot: Snapshot, result: Plan, observed: Observed) -> None:
     """The deletion guard: refuse mass deletions unless the commit message allows them."""
     deletes = sum(1 for r in result.rows if r.action is Action.DELETE)
-    if not deletes or not observed.row_count:
+    deletion_guard(cfg, snapshot, deletes, observed.row_count)
+
+
+def deletion_guard(cfg: AgentConfig, snapshot: Snapshot, deletes: int, row_count: int) -> None:
+    """Refuse ``deletes`` of ``row_count`` managed rows beyond ``[policy].max_delete_fraction``.
+
+    Unless the commit message's last paragraph has the trailer ``Allow-Mass-Delete: yes``. Shared
+    by the apply (rows counted in the database) and ``pre-receive`` (rows counted in the branch).
+    """
+    if not deletes or not row_count:
         return
-    fraction = deletes / observed.row_count
+    fraction = deletes / row_count
     if fraction <= cfg.policy.max_delete_fraction:
         return
     message = snapshot.commit.message if snapshot.commit else ""
     last_paragraph = message.strip().split("\n\n")[-1]
     if MASS_DELETE_TRAILER.search(last_paragraph):
-        log.warning("policy.mass_delete_allowed", deletes=deletes, rows=observed.row_count)
+        log.warning("policy.mass_delete_allowed", deletes=deletes, rows=row_count)
         return
     raise MassDeletionRefused(
-        f"revision deletes {deletes} of {observed.row_count} managed rows ({fraction:.0%}), more than "
+        f"revision deletes {deletes} of {row_count} managed rows ({fraction:.0%}), more than "
         f"max_delete_fraction {cfg.policy.max_delete_fraction:.0%}; add the trailer "
         "'Allow-Mass-Delete: yes' to the commit message to allow it"
     )
@@ -138,7 +148,7 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     """Check the signature, validate the revision, observe the host, plan and apply the policies.
 
     Raises ``PermanentError`` subclasses (``InvalidRevision``, ``SignatureRejected``,
-    ``MassDeletionRefused``, ``SecretError``) before anything live changes.
+    ``MassDeletionRefused``) or a ``SecretError`` (the host's) before anything live changes.
     """
     started = time.monotonic()
     check_signature(cfg, snapshot)
@@ -227,11 +237,14 @@ def apply(
             )
         try:
             planned = make_plan(cfg, snapshot, state, conn, full_scan=full_scan)
-        except SecretError:
-            raise  # a host problem, not the revision's: retried once the secret is in place
-        except PermanentError as exc:
-            state.record_failed(revision, str(exc))
+        except ReconcilerError as exc:
+            # Only the revision's own faults park it; a missing secret is the host's (retried once
+            # the secret is in place), a database outage nobody's.
+            if fault_of(exc) is Fault.REVISION:
+                state.record_failed(revision, str(exc))
             raise
+        if planned.observed.stale_digests:
+            repair_digests(conn)  # an apply step (as init-db): the dry run only reports them stale
         if planned.plan.empty or (should_apply is not None and not should_apply(planned)):
             conn.rollback()
             return planned, ApplyResult(changed=False)
@@ -250,7 +263,7 @@ def apply(
         try:
             result = applier.apply(planned.plan, postfix_running=planned.observed.postfix_running)
         except ApplyFailed as exc:
-            if not exc.temporary:
+            if fault_of(exc) is Fault.REVISION:
                 state.record_failed(revision, str(exc))
             raise
         finally:

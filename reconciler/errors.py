@@ -1,14 +1,26 @@
 """Error vocabulary shared by every stage.
 
-Two kinds, as in kopf: a ``PermanentError`` rejects a revision until the branch moves on (invalid
-input, a check that failed); a ``TemporaryError`` is worth retrying with backoff (database down,
-fetch failed). ``Problem`` is one finding of a check, printed as ``path[:line]: message``.
+Three kinds of fault (``Fault``), decided in one place (``reconciler.outcome``): a
+``PermanentError`` rejects a revision until the branch moves on (invalid input, a check that
+failed); a ``HostError`` is the host's to fix (a missing secret) and is retried when it changes;
+a ``TemporaryError`` is worth retrying with backoff (database down, fetch failed). ``Problem`` is
+one finding of a check, printed as ``path[:line]: message``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Fault(StrEnum):
+    """Whose fault a failed reconcile is; what follows from each is in ``reconciler.outcome``."""
+
+    REVISION = "revision"  # permanent until the branch moves on
+    HOST = "host"  # retried when the host changes (a secret written, a permission fixed)
+    TEMPORARY = "temporary"  # retried with backoff (database, fetch, lock, disk space)
 
 
 @dataclass(frozen=True, order=True)
@@ -34,12 +46,16 @@ class PermanentError(ReconcilerError):
     """The revision is wrong; retrying the same revision cannot help."""
 
 
-class TemporaryError(ReconcilerError):
-    """Something outside the revision failed; retrying later may help."""
+class HostError(ReconcilerError):
+    """The host lacks something the revision rightly needs (a secret file); fixed on the host, not in git."""
 
-    def __init__(self, message: str, delay: float = 5.0) -> None:
+    def __init__(self, message: str, missing: Iterable[str] = ()) -> None:
         super().__init__(message)
-        self.delay = delay
+        self.missing = tuple(missing)  # names of the secrets that are not there
+
+
+class TemporaryError(ReconcilerError):
+    """Something outside the revision failed; retrying later (with backoff) may help."""
 
 
 class InvalidRevision(PermanentError):

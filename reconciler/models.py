@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # RFC 5321 "atext" for a dot-string local part. Quoted local parts are refused on purpose: Postfix
 # tables, SQL rows and MUAs disagree on their canonical form, and no hosted mailbox needs one.
@@ -330,6 +330,42 @@ class ApiConfig(_Strict):
     webhook_secret_file: str = ""
 
 
+class NotifyConfig(_Strict):
+    """Where the agent reports each attempt: a webhook, and the commit status on the forge (SPEC 3)."""
+
+    webhook_url: str = Field(
+        default="", description="POST one JSON event per attempt that applied, failed, was rejected or reverted drift"
+    )
+    webhook_secret_file: str = Field(
+        default="", description="when set, each event carries X-Signature: sha256=<hex HMAC-SHA256 of the body>"
+    )
+    commit_status: Literal["", "github", "gitlab", "gitea"] = Field(
+        default="", description="report each revision's result on its commit on this forge"
+    )
+    api_url: str = Field(
+        default="",
+        description="the forge's API base: https://api.github.com, https://gitlab.example/api/v4, "
+        "https://gitea.example/api/v1",
+    )
+    status_url: str = Field(
+        default="", description="the status page's public URL, the statuses' target_url (default: http://[api].listen/)"
+    )
+    repository: str = Field(default="", description="owner/name (GitHub, Gitea) or the project's id or path (GitLab)")
+    token_file: str = Field(default="", description="file holding the forge token")
+
+    @model_validator(mode="after")
+    def _complete(self) -> NotifyConfig:
+        for key in ("webhook_url", "api_url", "status_url"):
+            value = getattr(self, key)
+            if value and not value.startswith(("http://", "https://")):
+                raise ValueError(f"{key} must be an http:// or https:// URL")
+        if self.commit_status:
+            missing = [k for k in ("api_url", "repository", "token_file") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"commit_status = {self.commit_status!r} needs " + ", ".join(missing))
+        return self
+
+
 class AgentConfig(_Strict):
     """The agent configuration file (TOML), SPEC section 3."""
 
@@ -350,6 +386,7 @@ class AgentConfig(_Strict):
     state: StateConfig = StateConfig()
     policy: PolicyConfig = PolicyConfig()
     api: ApiConfig = ApiConfig()
+    notify: NotifyConfig = NotifyConfig()
 
 
 def load_config(path: Path) -> AgentConfig:

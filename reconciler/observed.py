@@ -17,7 +17,7 @@ from typing import Any
 import pymysql.cursors
 import structlog
 
-from reconciler.db import DIGEST_JOINS, rebuild_digests
+from reconciler.db import DIGEST_JOINS
 from reconciler.plan import Desired, DomainRows, LiveFile, Observed, TableDecl
 from reconciler.postfix import postfix_cmd
 from reconciler.state import Inventory
@@ -91,14 +91,14 @@ def _digests(cur: Any, sql: str) -> Digests:
     return {str(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in cur.fetchall()}
 
 
-def domain_digests(conn: Any, *, full_scan: bool = False) -> Digests:
-    """Per-domain (user count, digest, alias count, digest) of the live rows.
+def read_digests(conn: Any, *, full_scan: bool = False) -> tuple[Digests, bool]:
+    """Per-domain (user count, digest, alias count, digest) of the live rows, and whether the stored ones are stale.
 
     With the triggers of schemas/mysql.sql in place, read from ``reconciler_digest`` (one row a
     domain), after checking its counts against the tables: a write that fires no trigger
     (TRUNCATE, a load with triggers off) falls back to hashing every row, as ``full_scan`` does
-    (the agent's periodic row check). A stored table found wrong is rebuilt; it is the agent's own
-    bookkeeping, not a managed row.
+    (the agent's periodic row check). A stored table found wrong is reported stale, never repaired
+    here: this is the observer, and a dry run writes nothing; ``apply`` and ``init-db`` repair it.
     """
     with conn.cursor() as cur:
         cur.execute(_TRIGGER_COUNT_SQL)
@@ -112,13 +112,17 @@ def domain_digests(conn: Any, *, full_scan: bool = False) -> Digests:
                 int(counts[0]) == sum(d[0] for d in stored.values())
                 and int(counts[1]) == sum(d[2] for d in stored.values())
             ):
-                return stored
+                return stored, False
         scanned = _digests(cur, _DIGEST_SQL)
-        if triggers and scanned != _digests(cur, _STORED_DIGEST_SQL):
-            log.warning("digests.rebuilt", reason="reconciler_digest disagreed with the rows")
-            rebuild_digests(cur)
-            conn.commit()
-        return scanned
+        stale = triggers and scanned != _digests(cur, _STORED_DIGEST_SQL)
+        if stale:
+            log.warning("digests.stale", reason="reconciler_digest disagrees with the rows")
+        return scanned, stale
+
+
+def domain_digests(conn: Any, *, full_scan: bool = False) -> Digests:
+    """The per-domain digests of the live rows (``read_digests`` without the staleness flag)."""
+    return read_digests(conn, full_scan=full_scan)[0]
 
 
 def domain_rows(conn: Any, names: list[str]) -> dict[str, DomainRows]:
@@ -166,7 +170,7 @@ def observe(
         live = read_live_file(config_dir / name)
         if live is not None:
             files[name] = live
-    digests = domain_digests(conn, full_scan=full_scan)
+    digests, stale_digests = read_digests(conn, full_scan=full_scan)
     # A domain is unchanged only when spelled exactly alike: a case-only difference is a rename.
     unchanged = frozenset(n for n, rows in desired.domains.items() if digests.get(n) == rows.digest())
     differing = sorted(set(digests) - unchanged)
@@ -180,4 +184,5 @@ def observe(
         postfix_running=postfix_running(config_dir),
         secrets=secrets,
         row_count=len(digests) + sum(d[0] + d[2] for d in digests.values()),
+        stale_digests=stale_digests,
     )

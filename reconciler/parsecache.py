@@ -20,8 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import structlog
+
 from reconciler import __version__
 from reconciler.state import atomic_write
+
+log = structlog.get_logger("reconciler.parsecache")
 
 FORMAT = f"2/{__version__}"  # 2: stage.json tables carry a build key
 Pair = tuple[str, str]
@@ -66,15 +70,23 @@ class ParseCache:
         index = self.dir / "index.json"
         try:
             self._stamp = _stamp(index)
-            data = json.loads(index.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
+            data = json.loads(index.read_bytes())
+        except FileNotFoundError:
             self._stamp = None
             return
-        if data.get("format") != FORMAT:
+        except ValueError as exc:  # torn or truncated (a power loss: the cache is not fsynced)
+            log.warning("parse_cache.unreadable", path=str(index), error=str(exc))
+            self._stamp = None
+            return
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
             return  # another version parsed these: start afresh
-        for blob, e in data.get("blobs", {}).items():
-            digest = (int(e["digest"][0]), int(e["digest"][1]), int(e["digest"][2]), int(e["digest"][3]))
-            self._index[blob] = CachedDomain(e["domain"], digest, tuple((a, b) for a, b in e["aliases"]))
+        try:
+            for blob, e in data.get("blobs", {}).items():
+                digest = (int(e["digest"][0]), int(e["digest"][1]), int(e["digest"][2]), int(e["digest"][3]))
+                self._index[blob] = CachedDomain(str(e["domain"]), digest, tuple((a, b) for a, b in e["aliases"]))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            log.warning("parse_cache.unreadable", path=str(index), error=f"{type(exc).__name__}: {exc}")
+            self._index = {}  # every domain file is parsed again
 
     def get(self, blob_id: str) -> CachedDomain | None:
         """The cached summary of a blob, or None."""
@@ -104,12 +116,14 @@ class ParseCache:
     def stage_result(self, key: str) -> list[list[Any]] | None:
         """Tables found by an earlier clean staged check of the same postfix/ tree, or None."""
         try:
-            data = json.loads((self.dir / "stage.json").read_text(encoding="utf-8"))
+            data = json.loads((self.dir / "stage.json").read_bytes())
         except (FileNotFoundError, ValueError):
+            return None  # missing or torn: the staged check runs again
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
             return None
-        if data.get("format") != FORMAT or data.get("key") != key:
+        tables = data.get("tables")
+        if not isinstance(tables, list) or not all(isinstance(t, list) and len(t) == 5 for t in tables):
             return None
-        tables: list[list[Any]] = data["tables"]
         return tables
 
     def put_stage_result(self, key: str, tables: list[list[Any]]) -> None:
@@ -118,9 +132,13 @@ class ParseCache:
         Tables are ``[name, type, builder, parameters, build_key]``; built files kept for other
         trees are removed.
         """
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         doc = {"format": FORMAT, "key": key, "tables": tables}
-        atomic_write(self.dir / "stage.json", json.dumps(doc).encode(), fsync=False)
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write(self.dir / "stage.json", json.dumps(doc).encode(), fsync=False)
+        except OSError as exc:  # a cache: a full or read-only state dir costs speed, not the reconcile
+            log.warning("parse_cache.write_failed", path=str(self.dir / "stage.json"), error=str(exc))
+            return
         keep = {str(t[4]) for t in tables if t[4]}
         with contextlib.suppress(FileNotFoundError):
             for entry in (self.dir / "built").iterdir():
@@ -153,8 +171,12 @@ class ParseCache:
                 for b, c in self._index.items()
             },
         }
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write(self.dir / "index.json", json.dumps(doc, separators=(",", ":")).encode(), fsync=False)
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write(self.dir / "index.json", json.dumps(doc, separators=(",", ":")).encode(), fsync=False)
+        except OSError as exc:  # a cache: the next run parses again
+            log.warning("parse_cache.write_failed", path=str(self.dir / "index.json"), error=str(exc))
+            return
         self._dirty = False
         self._stamp = _stamp(self.dir / "index.json")
 
@@ -172,7 +194,10 @@ def write_rows(
 ) -> None:
     """Write ``rows/<blob>.json`` (no fsync: the cache is rebuilt from git if it is lost)."""
     body = json.dumps({"users": users, "aliases": aliases}, separators=(",", ":"))
-    atomic_write(rows_dir / f"{blob_id}.json", body.encode(), fsync=False)
+    try:
+        atomic_write(rows_dir / f"{blob_id}.json", body.encode(), fsync=False)
+    except OSError as exc:  # a full state dir: the rows are parsed again from git when needed
+        log.warning("parse_cache.write_failed", path=str(rows_dir / f"{blob_id}.json"), error=str(exc))
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

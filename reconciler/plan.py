@@ -174,6 +174,7 @@ class Observed:
     postfix_running: bool
     secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     row_count: int = 0  # rows of the three tables, all domains: the base of the deletion guard
+    stale_digests: bool = False  # reconciler_digest disagrees with the rows: apply repairs it first
 
 
 # ------------------------------------------------------------------------------------------------

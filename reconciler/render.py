@@ -1,4 +1,5 @@
-"""Renders a Plan for people (text, colour on a tty) and for scripts (JSON of SPEC section 4).
+"""Renders a Plan for people (text, colour on a tty) and for scripts (JSON of SPEC section 4), and
+validation problems as JSON or as GitHub Actions workflow commands (``validate --format``).
 
 Pure. Never prints a secret: file diffs come from templates (``FileChange.diff``), a rotated
 secret is named, and password hashes show as changed, never as values.
@@ -7,8 +8,10 @@ secret is named, and password hashes show as changed, never as values.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
+from reconciler.errors import Problem
 from reconciler.plan import MASK, Action, FileChange, Plan, RowChange, ServiceChange, TableChange
 
 _COLOURS = {"+": "\033[32m", "-": "\033[31m", "@": "\033[36m", "~": "\033[33m"}
@@ -113,3 +116,35 @@ def plan_text(plan: Plan, *, colour: bool = False) -> str:
     lines.append("")
     lines.append(f"postfix: {plan.service.action.value} ({plan.service.reason})")
     return "\n".join(lines) + "\n"
+
+
+def problems_json(target: str, revision: str | None, problems: Iterable[Problem]) -> str:
+    """``validate --format json``: one document with every problem (path, line, message)."""
+    found = [{"path": p.path, "line": p.line, "message": p.message} for p in problems]
+    doc = {"target": target, "revision": revision, "valid": not found, "problems": found}
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def github_escape_data(text: str) -> str:
+    """A workflow command's message, escaped as GitHub's toolkit does (``%``, CR, LF)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def github_escape_property(text: str) -> str:
+    """A workflow command's property value (file=...), escaped as the message plus ``:`` and ``,``."""
+    return github_escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def problems_github(problems: Iterable[Problem], prefix: str = "") -> str:
+    """``validate --format github``: one ``::error file=...,line=...::message`` line per problem.
+
+    ``prefix`` is the repository's folder inside the checkout (annotations name files from its root).
+    """
+    lines = []
+    for p in problems:
+        path = f"{prefix.rstrip('/')}/{p.path}" if prefix else p.path
+        props = f"file={github_escape_property(path)}"
+        if p.line is not None:
+            props += f",line={p.line}"
+        lines.append(f"::error {props}::{github_escape_data(p.message)}\n")
+    return "".join(lines)

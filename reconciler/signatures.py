@@ -17,6 +17,7 @@ from pathlib import Path
 import pygit2
 
 from reconciler.errors import PermanentError
+from reconciler.gitrepo import open_repository
 
 SSH_HEADER = b"-----BEGIN SSH SIGNATURE-----"
 PGP_HEADER = b"-----BEGIN PGP SIGNATURE-----"
@@ -28,7 +29,7 @@ class SignatureRejected(PermanentError):
 
 def commit_signature(repo_path: Path, commit_id: str) -> tuple[bytes | None, bytes | None]:
     """(signature, signed payload) of a commit, or (None, None) when it is not signed."""
-    repo = pygit2.Repository(str(repo_path))
+    repo = open_repository(repo_path)
     commit = repo[commit_id]
     if not isinstance(commit, pygit2.Commit):
         raise SignatureRejected(f"{commit_id[:12]} is not a commit")

@@ -3,7 +3,8 @@
 ``open_snapshot`` reads a git revision straight from the object database with pygit2, or a plain
 folder (or work tree) as it is. A ``Snapshot`` lists every entry with its git blob id, so later
 stages can cache what they parse by blob id and re-parse only what changed. Called by ``validate``,
-``diff``/``apply`` (through the CLI) and the agent.
+``diff``/``apply`` (through the CLI), ``pre-receive`` (inside git's quarantine: ``gitrepo``) and the
+agent.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pygit2
 
 from reconciler.errors import SourceError
+from reconciler.gitrepo import open_repository
 
 
 class EntryKind(StrEnum):
@@ -107,7 +109,7 @@ def read_located(locator: Locator) -> bytes:
         return Path(ref).read_bytes()
     repo = _worker_repos.get(root)
     if repo is None:
-        repo = _worker_repos[root] = pygit2.Repository(root)
+        repo = _worker_repos[root] = open_repository(root)
     blob = repo[ref]
     assert isinstance(blob, pygit2.Blob)  # noqa: S101 - located entries are blobs by construction
     return bytes(blob.data)
@@ -120,7 +122,7 @@ def open_snapshot(repo: Path, rev: str | None = None) -> Snapshot:
             raise SourceError(f"{repo}: not a directory")
         return _folder_snapshot(repo)
     try:
-        git = pygit2.Repository(str(repo))
+        git = open_repository(repo)
     except (pygit2.GitError, KeyError) as exc:
         raise SourceError(f"{repo}: not a git repository") from exc
     try:

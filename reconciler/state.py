@@ -7,12 +7,17 @@ after a successful apply, and the agent keeps its attempt history here. Every wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import structlog
+
+log = structlog.get_logger("reconciler.state")
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, fsync: bool = True) -> None:
@@ -23,16 +28,30 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, fsync: bool = Tr
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # a full disk: leave no partial temporary taking space
+            tmp.unlink()
+        if isinstance(exc, OSError) and not exc.filename:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # say which file
+        raise
     os.replace(tmp, path)
     if fsync:
         fsync_dir(path.parent)
+
+
+def _warn_unreadable(path: Path, exc: Exception) -> None:
+    """One warning for a state file that cannot be read: it is set aside and rebuilt, never a traceback."""
+    log.warning("state.unreadable", path=str(path), error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    with contextlib.suppress(OSError):
+        os.replace(path, path.with_name(f"{path.name}.corrupt"))
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,8 +78,12 @@ class Inventory:
     def from_json(cls, data: Mapping[str, Any] | None) -> Inventory:
         if not data:
             return cls(None, frozenset(), ())
-        tables = tuple((str(t[0]), str(t[1]), str(t[2])) for t in data.get("tables", []))
-        return cls(data.get("revision"), frozenset(data.get("files", [])), tables)
+        try:
+            tables = tuple((str(t[0]), str(t[1]), str(t[2])) for t in data.get("tables", []))
+            return cls(data.get("revision"), frozenset(str(f) for f in data.get("files", [])), tables)
+        except (TypeError, IndexError, AttributeError) as exc:  # hand-edited or torn: start afresh
+            log.warning("state.inventory_unreadable", error=str(exc))
+            return cls(None, frozenset(), ())
 
 
 class StateDir:
@@ -104,10 +127,19 @@ class StateDir:
             self._write_json("failed.json", failed)
 
     def _read_json(self, name: str) -> Any:
+        """A JSON object of the state dir; None when missing, or unreadable (torn by a power loss: warned once)."""
+        path = self.path / name
         try:
-            return json.loads((self.path / name).read_text(encoding="utf-8"))
+            data = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
+        except ValueError as exc:  # truncated, empty, not UTF-8: rebuilt by the next write
+            _warn_unreadable(path, exc)
+            return None
+        if not isinstance(data, dict):
+            _warn_unreadable(path, ValueError("not a JSON object"))
+            return None
+        return data
 
     def _write_json(self, name: str, data: Mapping[str, Any] | list[Any]) -> None:
         self.ensure()

@@ -21,7 +21,8 @@ class AgentState(StrEnum):
     OUT_OF_SYNC = "out_of_sync"  # changes pending: dry run, or drift not reverted (self_heal = false)
     APPLYING = "applying"  # a reconcile is writing live state right now
     FAILED = "failed"  # the branch head was rejected or rolled back; waits for the branch to move
-    DEGRADED = "degraded"  # a temporary error (database down, fetch failed); retried with backoff
+    DEGRADED = "degraded"  # a temporary error (database down, fetch failed) or a host fault (a secret
+    # missing, see missing_secrets): retried with backoff, or when the host changes
     WAITING = "waiting"  # a fleet host holding the head until the hosts of lower waves have it (waiting_for)
 
 
@@ -33,7 +34,7 @@ class AttemptResult(StrEnum):
     PLANNED = "planned"  # dry run: changes found, none applied
     REJECTED = "rejected"  # the revision failed a check before anything live changed
     FAILED = "failed"  # a step of the apply failed; everything was rolled back
-    ERROR = "error"  # temporary: retried with backoff
+    ERROR = "error"  # temporary or the host's fault: retried (backoff, or when the host changes)
 
 
 class _Doc(BaseModel):
@@ -87,6 +88,10 @@ class Status(_Doc):
     branch: str = ""
     pending_changes: int = Field(default=0, description="changes in the pending plan (GET /diff)")
     next_retry_at: datetime | None = Field(default=None, description="when a degraded agent tries again")
+    missing_secrets: list[str] = Field(
+        default_factory=list,
+        description="secrets of [secrets].dir the head waits for (missing or unsafe); it applies once they are fixed",
+    )
     updated_at: datetime | None = None
     host: str = Field(default="", description="this host's name in the fleet ([host].name)")
     waiting_for: list[str] = Field(

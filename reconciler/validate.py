@@ -259,9 +259,13 @@ def _keep_built(
         return spec
     target = built_dir / build_key
     shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(mode=0o700, parents=True)
-    for path in built:
-        shutil.move(path, target / path.name)
+    try:
+        target.mkdir(mode=0o700, parents=True)
+        for path in built:
+            shutil.move(path, target / path.name)
+    except OSError:  # a full state dir: not kept, the applier builds the table itself
+        shutil.rmtree(target, ignore_errors=True)
+        return spec
     return TableSpec(spec.name, spec.type, spec.builder, spec.parameters, build_key)
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from mailhost import MailHost, reset_database
 
+from reconciler.apply import repair_digests
 from reconciler.db import init_db
 from reconciler.desired import rows_digest
-from reconciler.observed import _STORED_DIGEST_SQL, _digests, domain_digests
+from reconciler.observed import _STORED_DIGEST_SQL, _digests, domain_digests, read_digests
 from reconciler.sandbox import MariaDB
 
 
@@ -92,7 +93,7 @@ def test_rolled_back_writes_leave_no_trace(conn: Any) -> None:
 
 
 def test_write_without_triggers_falls_back_and_repairs(conn: Any, mariadb: MariaDB) -> None:
-    """A TRUNCATE fires no trigger: the count check notices, every row is hashed and the table rebuilt."""
+    """A TRUNCATE fires no trigger: the count check notices and hashes every row; the apply step rebuilds the table."""
     with conn.cursor() as cur:
         cur.execute("INSERT INTO virtual_domains (name) VALUES ('t.example')")
         cur.execute(
@@ -107,7 +108,12 @@ def test_write_without_triggers_falls_back_and_repairs(conn: Any, mariadb: Maria
         root.commit()
     finally:
         root.close()
-    assert domain_digests(conn) == {"t.example": (0, 0, 0, 0)} == _python_digests(conn)
+    assert read_digests(conn) == ({"t.example": (0, 0, 0, 0)}, True)
+    assert domain_digests(conn) == _python_digests(conn)
+    with conn.cursor() as cur:
+        assert _digests(cur, _STORED_DIGEST_SQL)["t.example"][0] == 1  # observing repairs nothing
+    repair_digests(conn)
+    assert read_digests(conn) == ({"t.example": (0, 0, 0, 0)}, False)
     with conn.cursor() as cur:
         assert _digests(cur, _STORED_DIGEST_SQL) == {"t.example": (0, 0, 0, 0)}
 

@@ -87,6 +87,7 @@ class Hostile:
     seconds: float = 20.0  # the refusal must come within this time
     memory_mb: int = 0  # and, when set, within this address space (RLIMIT_AS of the apply process)
     bug: str = ""  # a known bug: the case runs as a strict xfail with this reason
+    exit: int = 1  # 1 rejected; 2 when the host (not the revision) must fix it, as a missing secret
 
 
 def _write(rel: str, data: bytes | str) -> Callable[[Path], None]:
@@ -304,7 +305,7 @@ CASES = [
     # -- secrets ---------------------------------------------------------------------------------
     Hostile("secret-path-traversal", _append(RELAY, "[evil.example]:587 u:${secret:../../etc/passwd}\n"), RELAY, LAST, "invalid secret name '../../etc/passwd'"),
     Hostile("secret-absolute-path", _append(RELAY, "[evil.example]:587 u:${secret:/etc/shadow}\n"), RELAY, LAST, "invalid secret name '/etc/shadow'"),
-    Hostile("secret-undefined", _append(RELAY, "[evil.example]:587 u:${secret:nonexistent}\n"), "", None, r"^reconciler: secret\(s\) not found in /\S+: nonexistent$"),
+    Hostile("secret-undefined", _append(RELAY, "[evil.example]:587 u:${secret:nonexistent}\n"), "", None, r"^reconciler: secret\(s\) not found in /\S+: nonexistent; the host must fix this", exit=2),
     # -- lines Postfix would misread -------------------------------------------------------------
     Hostile("map-starts-with-continuation", _prepend(CANONICAL, "  root evil@example.net\n"), CANONICAL, 1, "logical line must not start with whitespace"),
     Hostile("map-key-without-value", _append(CANONICAL, "lonelykey\n"), CANONICAL, LAST, "expected format: key whitespace value"),
@@ -404,7 +405,7 @@ def _restore(state: Corpus) -> None:
 
 @pytest.mark.parametrize("case", _params())
 def test_hostile_revision_is_refused(case: Hostile, corpus: Corpus) -> None:
-    """A hostile revision exits 1 naming its file and line with a clear message, and nothing changes live."""
+    """A hostile revision exits 1 (2: the host's to fix) naming its file and line clearly; nothing changes live."""
     host = corpus.host
     _reset(host, corpus.good)
     case.mutate(host.work)
@@ -419,7 +420,7 @@ def test_hostile_revision_is_refused(case: Hostile, corpus: Corpus) -> None:
         elapsed = time.monotonic() - started
         corpus.outputs.append(res.stdout + res.stderr)
         report = f"exit {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr[-3000:]}"
-        assert res.returncode == 1, report
+        assert res.returncode == case.exit, report
         assert "Traceback" not in res.stderr, report
         lines = res.stderr.split("\n")
         if case.path:

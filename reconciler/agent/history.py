@@ -8,7 +8,9 @@ they get here, and neither ever holds a secret's value.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import structlog
@@ -38,8 +40,10 @@ class Records:
             return _ATTEMPTS.validate_json((self.dir / HISTORY_FILE).read_bytes())[:HISTORY_SIZE]
         except FileNotFoundError:
             return []
-        except ValidationError as exc:
-            log.warning("history.unreadable", path=str(self.dir / HISTORY_FILE), error=str(exc).splitlines()[0])
+        except ValidationError as exc:  # torn by a power loss: set aside (one warning), rewritten by the next attempt
+            path = self.dir / HISTORY_FILE
+            log.warning("history.unreadable", path=str(path), error=str(exc).splitlines()[0])
+            _set_aside(path)
             return []
 
     def add(self, attempt: Attempt, history: list[Attempt]) -> list[Attempt]:
@@ -69,5 +73,13 @@ def read_status(state_dir: Path) -> Status | None:
         return None
     try:
         return Status.model_validate(json.loads(data))
-    except (ValueError, ValidationError):
+    except (ValueError, ValidationError) as exc:  # torn by a power loss: set aside, rewritten by the agent
+        log.warning("status.unreadable", path=str(state_dir / STATUS_FILE), error=str(exc).splitlines()[0])
+        _set_aside(state_dir / STATUS_FILE)
         return None
+
+
+def _set_aside(path: Path) -> None:
+    """Keep an unreadable record as ``NAME.corrupt`` (for a look), so that it warns once."""
+    with contextlib.suppress(OSError):
+        os.replace(path, path.with_name(f"{path.name}.corrupt"))

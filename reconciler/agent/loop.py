@@ -14,8 +14,10 @@ progress runs to its end, then the loop returns). Watchers, API handlers and tim
 After every change of state (and at least once a reconcile, the fleet's heartbeat) the agent
 reports itself in ``reconciler_hosts`` (``fleet.report``), which other hosts' wave checks read.
 
-Errors are classified once (``outcome.classify``): temporary ones set ``degraded`` and retry with
-exponential backoff and jitter; permanent ones set ``failed`` and park the head. Every attempt
+Errors are classified once (``reconciler.outcome.classify``): temporary ones set ``degraded`` and
+retry with exponential backoff and jitter; the host's (a missing secret) set ``degraded`` naming the
+secrets and retry when ``[secrets].dir`` changes (and every ``HOST_RETRY`` seconds); the revision's
+set ``failed`` and park the head. Every attempt
 that did something is appended to the history in the state dir. The status document is rebuilt
 under a lock for the API thread.
 """
@@ -41,14 +43,16 @@ from structlog.contextvars import bound_contextvars
 from reconciler import engine
 from reconciler.agent import systemd
 from reconciler.agent.history import Records, read_status
-from reconciler.agent.metrics import Metrics
+from reconciler.agent.metrics import Metrics, NotifyResult
+from reconciler.agent.notify import Notifier
 from reconciler.agent.outcome import Outcome, classify
 from reconciler.agent.redact import Redactor
 from reconciler.agent.source import BranchSource
 from reconciler.agent.triggers import Reason, Triggers
-from reconciler.agent.watchers import ConfigWatcher, RefWatcher
+from reconciler.agent.watchers import ConfigWatcher, DirWatcher, RefWatcher
 from reconciler.apply import ApplyFailed
 from reconciler.db import connect
+from reconciler.errors import Fault
 from reconciler.fleet import Report, WaveCheck, read_fleet, report
 from reconciler.models import AgentConfig
 from reconciler.plan import Kind, Plan
@@ -61,11 +65,12 @@ log = structlog.get_logger("reconciler.agent")
 
 BACKOFF_BASE = 1.0  # seconds before the first retry after a temporary error
 BACKOFF_MAX = 60.0
+HOST_RETRY = 60.0  # seconds between retries of a host fault, besides the secrets dir's events
 DRIFT_DEBOUNCE = 0.2  # seconds of quiet after a config-dir event before checking
 BUSY_LIMIT = 900.0  # an attempt running longer than this makes the loop unhealthy (no watchdog ping)
 FETCH_REASONS = frozenset({Reason.START, Reason.POLL, Reason.WEBHOOK, Reason.SYNC, Reason.RETRY})
 CHECK_REASONS = frozenset(
-    {Reason.START, Reason.SYNC, Reason.WEBHOOK, Reason.DRIFT_FILE, Reason.DRIFT_TIMER, Reason.RETRY}
+    {Reason.START, Reason.SYNC, Reason.WEBHOOK, Reason.DRIFT_FILE, Reason.DRIFT_TIMER, Reason.RETRY, Reason.SECRETS}
 )
 
 
@@ -144,6 +149,7 @@ class Agent:
         self.records = Records(Path(cfg.state.dir))
         self.config_watcher = ConfigWatcher(Path(cfg.postfix.config_dir), self._on_config_event)
         self.ref_watcher: RefWatcher | None = None
+        self.secrets_watcher: DirWatcher | None = None
         self._lock = threading.Lock()
         self._history = self.records.history()
         previous = read_status(Path(cfg.state.dir))
@@ -159,6 +165,7 @@ class Agent:
         self._failed: dict[str, str] = {}  # head -> error, in memory (a dry run records nothing on disk)
         self._failures = 0  # consecutive temporary errors
         self._next_retry_at: datetime | None = None
+        self._missing_secrets: list[str] = []  # what a host fault waits for
         self._busy_since: float | None = None
         self._last_full_scan = float("-inf")  # monotonic time of the last row check hashing every row
         self._running = False
@@ -168,6 +175,7 @@ class Agent:
         self._waiting: WaveCheck | None = None  # set while state is waiting
         self._reports = 0  # fleet reports sent; a reconcile that sent none sends a heartbeat
         self.metrics = Metrics(lambda: self._head_moved_at)
+        self.notifier = Notifier(cfg, redact=self.redact, count=self._count_notification)
 
     # -- what the API reads (any thread) ---------------------------------------------------------
 
@@ -192,6 +200,7 @@ class Agent:
                 branch=self.cfg.source.branch,
                 pending_changes=self._pending_changes,
                 next_retry_at=self._next_retry_at,
+                missing_secrets=list(self._missing_secrets),
                 updated_at=_now(),
                 host=self.host_name,
                 waiting_for=list(self._waiting.waiting_for) if self._waiting else [],
@@ -227,11 +236,17 @@ class Agent:
 
     # -- the loop --------------------------------------------------------------------------------
 
+    def _count_notification(self, result: NotifyResult) -> None:
+        self.metrics.notifications.labels(result=result.value).inc()
+
     def _on_config_event(self) -> None:
         self.triggers.request(Reason.DRIFT_FILE, debounce=DRIFT_DEBOUNCE)
 
     def _on_ref_event(self) -> None:
         self.triggers.request(Reason.REF)
+
+    def _on_secrets_event(self) -> None:
+        self.triggers.request(Reason.SECRETS, debounce=DRIFT_DEBOUNCE)
 
     def start_watchers(self) -> None:
         """Start the filesystem watchers (before the first reconcile, so no push is missed)."""
@@ -244,15 +259,22 @@ class Agent:
                 self.ref_watcher = None
         self.config_watcher.set_managed(self.state_dir.read_inventory().files)
         self.config_watcher.start()
+        try:
+            self.secrets_watcher = DirWatcher(Path(self.cfg.secrets.dir), self._on_secrets_event)
+            self.secrets_watcher.start()
+        except Exception as exc:  # no secrets dir (yet): a host fault is still retried every HOST_RETRY s
+            log.warning("agent.secrets_watch_failed", path=self.cfg.secrets.dir, error=str(exc))
+            self.secrets_watcher = None
 
     def stop_watchers(self) -> None:
-        for watcher in (self.ref_watcher, self.config_watcher):
+        for watcher in (self.ref_watcher, self.config_watcher, self.secrets_watcher):
             if watcher is not None:
                 watcher.stop()
 
     def run(self) -> None:
         """Reconcile on every trigger until ``stop``; returns after the attempt in progress."""
         self._running = True
+        self.notifier.start()
         self.start_watchers()
         self.triggers.request(Reason.START)
         pinger = threading.Thread(target=self._ping_watchdog, name="sd-watchdog", daemon=True)
@@ -285,6 +307,7 @@ class Agent:
             systemd.notify("STOPPING=1")
             self._running = False
             self.stop_watchers()
+            self.notifier.close()
             log.info("agent.stopped")
 
     def _ping_watchdog(self) -> None:
@@ -391,6 +414,7 @@ class Agent:
                 log.info("drift.detected", items=[d.target for d in drift_items(planned.plan)], self_heal=True)
             self._set_state(AgentState.APPLYING)
             self.config_watcher.applying(True)
+            self.notifier.apply_started(head, drift=drift_only)
             return True
 
         try:
@@ -415,7 +439,7 @@ class Agent:
         except Exception as exc:
             outcome = classify(exc)
             self._failed_attempt(outcome, run, planned_changes)
-            if isinstance(exc, ApplyFailed) and not outcome.temporary:
+            if isinstance(exc, ApplyFailed) and outcome.parks:
                 self._refresh_pending(head)
             return
         changes = _count(planned.plan)
@@ -504,7 +528,7 @@ class Agent:
             self._state = AgentState.OUT_OF_SYNC
             self._drift = new_drift
             self._pending, self._pending_changes, self._plan_error = plan_json(plan), len(items), None
-            self._failures, self._next_retry_at = 0, None
+            self._failures, self._next_retry_at, self._missing_secrets = 0, None, []
         self.triggers.cancel(Reason.RETRY)
         if drift_changed or state_changed:
             if new_drift:
@@ -519,7 +543,7 @@ class Agent:
             self._head_moved_at = None
             self._drift = []
             self._pending, self._pending_changes, self._plan_error = _empty_plan_json(head), 0, None
-            self._failures, self._next_retry_at = 0, None
+            self._failures, self._next_retry_at, self._missing_secrets = 0, None, []
             if record is not None:
                 self._last_attempt = record
                 self._history = self._store(record)
@@ -538,24 +562,36 @@ class Agent:
             log.error("reconcile.unexpected", error=error, exc_info=True)
         self.metrics.reconciles.labels(result=outcome.result.value).inc()
         self.metrics.duration.observe(duration)
-        if outcome.temporary:
+        if not outcome.parks:
+            # Temporary (backoff) or the host's fault (retried when [secrets].dir changes, and slowly).
+            host = outcome.fault is Fault.HOST
             with self._lock:
                 self._failures += 1
-                delay = backoff(self._failures)
-                first = self._failures == 1
-                self._state = AgentState.DEGRADED
+                delay = HOST_RETRY if host else backoff(self._failures)
+                last = self._last_attempt
+                first = self._failures == 1 or (host and (last is None or last.error != error))
+                self._state = outcome.state
                 self._next_retry_at = datetime.fromtimestamp(time.time() + delay, UTC)
+                self._missing_secrets = list(outcome.missing_secrets)
                 self._last_attempt = attempt
-                if first:  # one history entry per outage, not one per retry
+                if host:  # no plan without the secret: /diff says why
+                    self._pending, self._pending_changes, self._plan_error = None, 0, error
+                if first:  # one history entry per outage (or per host problem), not one per retry
                     self._history = self._store(attempt)
             self.triggers.schedule(Reason.RETRY, delay)
             log.warning(
-                "reconcile.done", result=outcome.result.value, error=error, retry_in=round(delay, 2), state="degraded"
+                "reconcile.done",
+                result=outcome.result.value,
+                fault=outcome.fault.value,
+                error=error,
+                missing_secrets=list(outcome.missing_secrets),
+                retry_in=round(delay, 2),
+                state=outcome.state.value,
             )
         else:
             with self._lock:
-                self._failures, self._next_retry_at = 0, None
-                self._state = AgentState.FAILED
+                self._failures, self._next_retry_at, self._missing_secrets = 0, None, []
+                self._state = outcome.state
                 self._failed[run.revision or ""] = error
                 self._last_attempt = attempt
                 self._history = self._store(attempt)
@@ -564,10 +600,11 @@ class Agent:
             log.error(
                 "reconcile.done",
                 result=outcome.result.value,
+                fault=outcome.fault.value,
                 step=outcome.failed_step,
                 error=error,
                 seconds=duration,
-                state="failed",
+                state=outcome.state.value,
             )
         self._publish()
 
@@ -598,9 +635,14 @@ class Agent:
 
     def _store(self, attempt: Attempt) -> list[Attempt]:
         """Prepend ``attempt`` to the history (persisted, except in a dry run); call with the lock held."""
+        self.notifier.attempt_finished(attempt)  # only queues: [notify] is sent from its own thread
         if self.dry_run:
             return [attempt, *self._history][:50]
-        return self.records.add(attempt, self._history)
+        try:
+            return self.records.add(attempt, self._history)
+        except OSError as exc:  # a full or read-only state dir: kept in memory, written with the next one
+            log.warning("history.write_failed", error=str(exc))
+            return [attempt, *self._history][:50]
 
     def _set_head(self, head: str) -> None:
         with self._lock:

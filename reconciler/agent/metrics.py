@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 
 from reconciler.status import AgentState, AttemptResult
+
+
+class NotifyResult(StrEnum):
+    """What became of one notification (webhook event or commit status) or one try of it."""
+
+    SENT = "sent"  # the receiver answered 2xx
+    RETRIED = "retried"  # a try failed (network, timeout, 5xx, 429) and it is tried again after a backoff
+    FAILED = "failed"  # given up: out of tries, or refused (another 4xx)
+    DROPPED = "dropped"  # never sent: the queue was full, or the agent stopped first
+
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -50,6 +61,15 @@ class Metrics:
             "Unix time of the last attempt that ended synced (applied or nothing to do)",
             registry=self.registry,
         )
+        self.notifications = Counter(
+            "reconciler_notifications",
+            "Webhook events and commit statuses by outcome: sent, retried (a try failed, tried again), "
+            "failed (given up), dropped (queue full or agent stopping)",
+            ["result"],
+            registry=self.registry,
+        )
+        for outcome in NotifyResult:
+            self.notifications.labels(result=outcome.value)
         self.state = Enum(
             "reconciler_state", "The agent's state", states=[s.value for s in AgentState], registry=self.registry
         )

@@ -1,8 +1,9 @@
 """Masks secret values in text that leaves the agent (status, history, API answers, log fields).
 
 Called by the agent loop on every error message before it is stored or served. The values are
-those of every file in ``[secrets].dir``, the MySQL password and the API's token and webhook
-secret, re-read on each use so that a rotated secret is masked too.
+those of every file in ``[secrets].dir``, the MySQL password, the API's token and webhook secret
+and ``[notify]``'s forge token and webhook secret, re-read on each use so that a rotated secret is
+masked too. The notifier scrubs every field of what it sends with it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ class Redactor:
     """Replaces every known secret value in a text by ``MASK``."""
 
     def __init__(self, cfg: AgentConfig) -> None:
-        self._files = [p for p in (cfg.mysql.password_file, cfg.api.token_file, cfg.api.webhook_secret_file) if p]
+        files = (
+            cfg.mysql.password_file,
+            cfg.api.token_file,
+            cfg.api.webhook_secret_file,
+            cfg.notify.token_file,
+            cfg.notify.webhook_secret_file,
+        )
+        self._files = [p for p in files if p]
         self._secrets_dir = Path(cfg.secrets.dir)
 
     def values(self) -> set[str]:

@@ -24,7 +24,8 @@ class Reason(StrEnum):
     SYNC = "sync"  # POST /sync: reconcile now, even without self-heal
     DRIFT_FILE = "drift_file"  # a managed file changed in the config dir
     DRIFT_TIMER = "drift_timer"  # periodic check of the rows (and files)
-    RETRY = "retry"  # backoff after a temporary error
+    RETRY = "retry"  # backoff after a temporary error (or the slow retry of a host fault)
+    SECRETS = "secrets"  # a file of [secrets].dir changed: a host fault may be fixed, a secret rotated
     WAVE = "wave"  # a fleet host waiting for lower waves checks them again
 
 

@@ -11,6 +11,8 @@ polling: an idle agent sleeps in inotify reads. Only writes count: opening or re
   apply's own renames (``.NAME.reconciler-new`` / ``-bak`` into ``NAME``) and temporaries are
   recognised by name and never count as drift; anything else seen while an apply runs is
   remembered and re-checked after it.
+- ``DirWatcher`` calls back on any write in one directory (``[secrets].dir``): a secret written,
+  replaced or fixed makes the agent retry a revision that waits for it.
 """
 
 from __future__ import annotations
@@ -144,6 +146,25 @@ class ConfigWatcher:
     def start(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self._observer.schedule(_Handler(self._event), str(self.config_dir), recursive=False, event_filter=WRITE_EVENTS)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
+
+
+class DirWatcher:
+    """Calls ``on_change`` on any write to a file directly inside ``directory`` (which must exist)."""
+
+    def __init__(self, directory: Path, on_change: Callable[[], None]) -> None:
+        self.directory = directory
+        self._on_change = on_change
+        self._observer = Observer()
+
+    def start(self) -> None:
+        handler = _Handler(lambda _event: self._on_change())
+        self._observer.schedule(handler, str(self.directory), recursive=False, event_filter=WRITE_EVENTS)
         self._observer.daemon = True
         self._observer.start()
 
