@@ -17,7 +17,9 @@ from fleethost import Fleet, wait_for
 
 from reconciler import engine
 from reconciler.apply import ApplyFailed
+from reconciler.errors import Fault
 from reconciler.models import load_config
+from reconciler.outcome import fault_of
 
 MAILBOX = "fleet-new@example.net"
 
@@ -180,7 +182,7 @@ def test_host_specific_diff_and_no_rows_written_back(mailhost: Any) -> None:
     cfg = load_config(host.config)
     with pytest.raises(ApplyFailed, match="newer than this revision") as failed:
         engine.apply(cfg, first)
-    assert failed.value.temporary
+    assert fault_of(failed.value) is Fault.TEMPORARY
     assert host.rcpt("newer@example.net") == 250
     assert host.cli("apply", "--rev", first).returncode == 0  # an explicit --rev may still go back
     assert host.rcpt("newer@example.net") == 550
