@@ -48,12 +48,15 @@ def causal(cur: Any, value: int = SYNC_WAIT_READS) -> None:
 
 
 def record_applied(cur: Any, host: str, wave: int, revision: str, apply_id: str) -> None:
-    """In the apply's transaction: this host's files are at ``revision`` once it commits."""
+    """In the apply's transaction: this host's files are at ``revision`` (synced) once it commits.
+
+    A ``reconciler apply`` by hand leaves the row so; a running agent reports its own state next.
+    """
     cur.execute(
         "INSERT INTO reconciler_hosts (name, wave, applied_revision, last_apply_id, state, last_seen) "
-        "VALUES (%s, %s, %s, %s, 'applying', UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE wave = VALUES(wave), "
+        "VALUES (%s, %s, %s, %s, 'synced', UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE wave = VALUES(wave), "
         "applied_revision = VALUES(applied_revision), last_apply_id = VALUES(last_apply_id), "
-        "last_seen = VALUES(last_seen), "
+        "state = VALUES(state), last_error = NULL, waiting_for = '', last_seen = VALUES(last_seen), "
         "failed_revision = IF(failed_revision = VALUES(applied_revision), '', failed_revision)",
         (host, wave, revision, apply_id),
     )
