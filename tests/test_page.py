@@ -192,6 +192,10 @@ def _hostile_status(text: str) -> Status:
         drift=[DriftItem(kind="file", action="update", target=text)],
         source=text,
         branch=text,
+        host=text,
+        waiting_for=[text],
+        waiting_reason=text,
+        missing_secrets=[text],
     )
 
 
@@ -218,14 +222,16 @@ def _assert_inert(html: str, text: str) -> None:
 
 def test_a_hostile_subject_author_and_diff_are_shown_as_text() -> None:
     """A commit subject, author, error, drift target and diff line holding markup are shown literally, as text."""
-    fleet = {"hosts": [{"name": HOSTILE, "wave": HOSTILE, "applied_revision": HOSTILE, "state": HOSTILE,
-                        "last_seen": HOSTILE, "error": HOSTILE}]}  # fmt: skip
+    host = {"wave": HOSTILE, "applied_revision": HOSTILE, "state": HOSTILE, "last_seen": HOSTILE, "error": HOSTILE,
+            "waiting_for": [HOSTILE]}  # fmt: skip
+    fleet = {"hosts": [{"name": HOSTILE, **host}, {"name": "mx2", **host}]}
     html = render(_hostile_status(HOSTILE), _hostile_plan(HOSTILE), fleet)
+    assert 'id="fleet"' in html and "this host" in html
     assert HOSTILE not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     _assert_inert(html, HOSTILE)
     text = "".join(parse(html).text)
-    assert text.count(HOSTILE) >= 12  # every place shows it, as text
+    assert text.count(HOSTILE) >= 25  # every place shows it, as text
 
 
 @settings(max_examples=150, deadline=None)
@@ -250,27 +256,36 @@ def test_the_page_has_no_inline_script_or_style_and_its_policy_forbids_them() ->
 
 
 def test_fleet_section_renders_the_fleet_document() -> None:
-    """A ``GET /fleet`` document with hosts gives one row per host (wave, short revision, state badge, error)."""
+    """A ``GET /fleet`` document gives one row per host: wave, short revision, state, waits, last seen, stale, error."""
     fleet = {"hosts": [
         {"name": "mx1", "wave": 0, "applied_revision": "d" * 40, "state": "synced", "last_seen": "2026-12-02T12:00:00Z", "error": None},
-        {"name": "mx2", "wave": 1, "applied_revision": "e" * 40, "state": "failed", "last_seen": "2026-12-02T11:59:00Z",
-         "error": "postfix/main.cf:4: unknown parameter"},
+        {"name": "mx2", "wave": 1, "applied_revision": "e" * 40, "state": "waiting", "last_seen": "2026-12-02T11:59:00+00:00",
+         "error": "postfix/main.cf:4: unknown parameter", "waiting_for": ["mx1", "mx3"], "stale": True},
     ]}  # fmt: skip
-    html = render(status(), fleet=fleet)
+    html = render(status(host="mx1", state=AgentState.SYNCED), fleet=fleet)
     tags = parse(html)
     assert any(a.get("id") == "fleet" for _, a in tags.tags)
     rows = html.split('id="fleet"')[1].split("</table>")[0]
-    assert rows.count("<tr>") == 3  # the header and two hosts
+    assert rows.count("<tr") == 3  # the header and two hosts
     assert "mx1" in rows and "dddddddddddd" in rows and "d" * 13 not in rows
-    assert 'badge-failed">failed' in rows and "postfix/main.cf:4: unknown parameter" in rows
+    assert 'badge-waiting">waiting</span> <span class="waiting">for mx1, mx3' in rows
+    assert "2026-12-02 12:00:00 UTC" in rows and "2026-12-02 11:59:00 UTC" in rows
+    assert 'class="this-host"' in rows and rows.count("this host") == 1 and 'tag stale">stale' in rows
+    assert "postfix/main.cf:4: unknown parameter" in rows
     assert 'href="/fleet"' in html
 
 
-@pytest.mark.parametrize("doc", [None, {"hosts": []}, {"hosts": "no"}, {}])
+@pytest.mark.parametrize("doc", [None, {"hosts": []}, {"hosts": "no"}, {}, {"hosts": [{"name": "mx1", "wave": 0}]}])
 def test_no_fleet_section_without_hosts(doc: Any) -> None:
-    """Without a fleet (no document, or no hosts in it) the page has no fleet section."""
-    html = render(status(), fleet=doc)
+    """Without a fleet (no document, no hosts in it, or only this host) the page has no fleet section."""
+    html = render(status(host="mx1"), fleet=doc)
     assert 'id="fleet"' not in html and 'href="/fleet"' not in html
+
+
+def test_a_fleet_of_one_other_host_is_shown() -> None:
+    """A fleet document whose only host is not this one is a fleet."""
+    html = render(status(host="mx1"), fleet={"hosts": [{"name": "mx2", "wave": 1, "state": "synced"}]})
+    assert 'id="fleet"' in html and "this host" not in html
 
 
 def test_first_render_is_complete_without_script() -> None:

@@ -160,6 +160,8 @@ def test_page_follows_pushes_and_shows_failures_as_text(browser: webdriver.Chrom
         assert badge(browser) == "synced"
         assert first[:12] in card(browser, "Applied") and "initial revision" in card(browser, "Applied")
         assert "Test <test@example.net>" in card(browser, "Head")
+        # A single host is in reconciler_hosts too, but a fleet of one is no fleet: no section.
+        assert json.loads(http(agent.url + "/fleet")[2])["hosts"] and "Fleet" not in text_of(browser, "h2")
         assert severe_console(browser) == []
         browser.execute_script("window.__sameDocument = 'yes'; window.alert = function () { window.__alerted = 1; };")
 

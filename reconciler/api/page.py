@@ -278,8 +278,11 @@ class FleetRow:
     wave: str
     applied_revision: str
     state: str
-    last_seen: str
+    last_seen: str  # as the page shows it
     error: str
+    waiting_for: str = ""
+    stale: bool = False  # not seen for [fleet].host_timeout
+    this: bool = False  # the host serving the page
 
 
 @dataclass(frozen=True)
@@ -316,8 +319,20 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def fleet_hosts(doc: Mapping[str, Any] | None) -> list[FleetRow]:
-    """The host rows of a ``GET /fleet`` document (none when there is no fleet)."""
+def _seen(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            return _when(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return _when(value) if isinstance(value, datetime) else _text(value)
+
+
+def fleet_hosts(doc: Mapping[str, Any] | None, this_host: str = "") -> list[FleetRow]:
+    """The host rows of a ``GET /fleet`` document; none when there is no fleet.
+
+    A fleet of one, this host itself, is no fleet: the rest of the page already shows it.
+    """
     hosts = doc.get("hosts") if isinstance(doc, Mapping) else None
     if not isinstance(hosts, list):
         return []
@@ -325,16 +340,22 @@ def fleet_hosts(doc: Mapping[str, Any] | None) -> list[FleetRow]:
     for h in hosts:
         if not isinstance(h, Mapping):
             continue
+        waiting = h.get("waiting_for")
         out.append(
             FleetRow(
                 name=_text(h.get("name")),
                 wave=_text(h.get("wave")),
                 applied_revision=_text(h.get("applied_revision"))[:12],
                 state=_text(h.get("state")),
-                last_seen=_text(h.get("last_seen")),
+                last_seen=_seen(h.get("last_seen")),
                 error=_text(h.get("error")),
+                waiting_for=", ".join(str(w) for w in waiting) if isinstance(waiting, list) else "",
+                stale=h.get("stale") is True,
+                this=bool(this_host) and h.get("name") == this_host,
             )
         )
+    if len(out) == 1 and out[0].this:
+        return []
     return out
 
 
@@ -377,7 +398,7 @@ class Renderer:
             "last": status.last_attempt,
             "pending": data.pending,
             "pending_is_plan": isinstance(data.pending, PendingDiff),
-            "fleet": fleet_hosts(data.fleet),
+            "fleet": fleet_hosts(data.fleet, status.host),
             "alive": data.alive,
             "token_required": data.token_required,
         }
