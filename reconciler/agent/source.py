@@ -7,6 +7,7 @@ for a remote source, so that the engine reads revisions the same way in both cas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pygit2
@@ -21,10 +22,11 @@ MIRROR_DIR = "mirror.git"
 
 @dataclass(frozen=True)
 class CommitMeta:
-    """Subject and author of a commit, for the history (in-memory)."""
+    """Subject, author and author time of a commit, for the history and the status (in-memory)."""
 
     subject: str | None
     author: str | None
+    time: datetime | None = None
 
 
 class BranchSource:
@@ -75,6 +77,7 @@ class BranchSource:
                 return CommitMeta(None, None)
             message: str = commit.message
             author = f"{commit.author.name} <{commit.author.email}>"
-            return CommitMeta(message.splitlines()[0] if message else "", author)
-        except (SourceError, KeyError, ValueError, AttributeError, pygit2.GitError):
+            when = datetime.fromtimestamp(commit.author.time, UTC)
+            return CommitMeta(message.splitlines()[0] if message else "", author, when)
+        except (SourceError, KeyError, ValueError, AttributeError, OverflowError, OSError, pygit2.GitError):
             return CommitMeta(None, None)

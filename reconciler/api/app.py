@@ -3,23 +3,29 @@
 Top layer beside the agent: it never imports the agent, it is handed an ``AgentView`` (the
 ``Agent`` satisfies it). Handlers only read the agent's published state or queue a trigger; no
 request ever plans or applies in the API thread. The OpenAPI document is served at
-``/openapi.json``. Request bodies are limited to ``MAX_BODY`` bytes (413 beyond).
+``/openapi.json``. Request bodies are limited to ``MAX_BODY`` bytes (413 beyond). ``GET /`` is the
+status page for people (``reconciler.api.page``), with its script and style sheet under
+``/static/`` and the part it refreshes at ``/ui/live``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
 from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
 from reconciler.api.auth import bearer_ok, webhook_ok
-from reconciler.status import Status
+from reconciler.api.page import HEADERS, DiffCache, FleetCache, FleetSource, PageInput, Renderer
+from reconciler.api.page import etag as page_etag
+from reconciler.status import Fleet, Status
 
 MAX_BODY = 1024 * 1024
 log = structlog.get_logger("reconciler.api")
@@ -38,6 +44,8 @@ class AgentView(Protocol):
     def plan_error(self) -> str | None: ...
 
     def alive(self) -> bool: ...
+
+    def fleet(self) -> Fleet: ...
 
     def request(self, reason: str) -> None: ...
 
@@ -112,8 +120,20 @@ async def _plain(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(view: AgentView, *, token: str | None, webhook_secret: str | None, branch: str) -> FastAPI:
-    """The application; ``token`` guards ``POST /sync``, ``webhook_secret`` guards ``POST /hooks/git``."""
+def create_app(
+    view: AgentView,
+    *,
+    token: str | None,
+    webhook_secret: str | None,
+    branch: str,
+    fleet: FleetSource | None = None,
+) -> FastAPI:
+    """The application; ``token`` guards ``POST /sync``, ``webhook_secret`` guards ``POST /hooks/git``.
+
+    ``fleet`` returns the document ``GET /fleet`` serves (``{"hosts": [...]}``; default: the view's
+    ``reconciler_hosts``, read at most every few seconds); the status page shows its hosts when
+    there are any.
+    """
     app = FastAPI(
         title="postfix-reconciler agent",
         version=__version__,
@@ -127,6 +147,50 @@ def create_app(view: AgentView, *, token: str | None, webhook_secret: str | None
             raise HTTPException(
                 status_code=401, detail="missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
+
+    renderer = Renderer()
+    diff_cache = DiffCache()
+
+    def view_fleet() -> Mapping[str, Any]:
+        return view.fleet().model_dump(mode="json")  # the same document GET /fleet serves
+
+    fleet_cache = FleetCache(fleet if fleet is not None else view_fleet)
+
+    def page_input() -> PageInput:
+        pending = view.pending_plan_json()
+        return PageInput(
+            status=view.status(),
+            pending=diff_cache.get(pending) if pending is not None else None,
+            fleet=fleet_cache.get(),
+            alive=view.alive(),
+            token_required=token is not None,
+        )
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> Response:
+        """The status page for people: complete without JavaScript; its script follows ``/ui/live``."""
+        html, _ = renderer.page(page_input())
+        return HTMLResponse(html, headers=HEADERS)
+
+    @app.get("/ui/live", include_in_schema=False)
+    def live(if_none_match: str | None = Header(default=None)) -> Response:
+        """The part of the status page that changes, for its script; 304 when it did not."""
+        html = renderer.live(page_input())
+        tag = page_etag(html)
+        if if_none_match is not None and tag in (t.strip() for t in if_none_match.split(",")):
+            return Response(status_code=304, headers={**HEADERS, "ETag": tag})
+        return HTMLResponse(html, headers={**HEADERS, "ETag": tag})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        """The page's own script, style sheet and icon; nothing else."""
+        found = renderer.static.get(name)
+        if found is None:
+            raise HTTPException(status_code=404, detail="not found")
+        content, media_type = found
+        return Response(
+            content, media_type=media_type, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        )
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Response:
@@ -154,6 +218,14 @@ def create_app(view: AgentView, *, token: str | None, webhook_secret: str | None
                 raise HTTPException(status_code=503, detail="no plan yet: the first reconcile is running")
             raise HTTPException(status_code=409, detail=f"no plan for the branch head: {error}")
         return Response(pending, media_type="application/json")
+
+    @app.get("/fleet", response_model=Fleet, responses={503: {"description": "the database cannot be read"}})
+    def fleet_document() -> Fleet:
+        """Every host of the fleet as ``reconciler_hosts`` says (SPEC 6), read from the database now."""
+        try:
+            return view.fleet()
+        except Exception as exc:
+            raise HTTPException(status_code=503, detail=f"cannot read the fleet: {exc}") from None
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     def metrics() -> Response:
