@@ -16,6 +16,7 @@ PACKAGES=(
   postfix postfix-mysql mariadb-server mariadb-client
   openssl git openssh-client gnupg ca-certificates python3-venv
   chromium chromium-driver  # the status page's browser tests (tests/test_page_browser.py)
+  galera-4 rsync  # the fleet tests' three-node Galera cluster (rsync state transfer)
   systemd  # systemd-analyze verify/security of deploy/reconciler.service (tests/test_unit_file.py)
 )
 

@@ -5,8 +5,8 @@ Order (every step named in the journal and in errors):
             built with postmap/postalias there, and the live ones hard-linked to
             ``.NAME.reconciler-bak`` (same directory, same permissions: a secret never leaves it);
   journal   the write-ahead journal naming every file is fsynced into the state dir;
-  rows      one InnoDB transaction under a MySQL named lock applies every row change and records
-            the apply id, but is not committed yet;
+  rows      one InnoDB transaction applies every row change and records this host's applied
+            revision and the apply id (its ``reconciler_hosts`` row), but is not committed yet;
   swap      new files are renamed into place;
   check     ``postfix check`` on the swapped-in configuration;
   service   reload or restart as the plan says (nothing when Postfix is stopped);
@@ -16,6 +16,17 @@ Order (every step named in the journal and in errors):
 Any failure before ``commit`` rolls the rows back, renames the backups back and reloads (or, after
 a failed health check, restarts) Postfix on the old configuration. After a crash, ``recover``
 finishes or undoes the journalled apply, deciding by whether the apply id reached the database.
+
+In a fleet (SPEC 6) the rows are shared: two hosts applying the same revision both plan its row
+changes, and the second one's transaction conflicts with the first (a Galera certification failure,
+error 1213, at commit on another node; a duplicate key or deadlock on the same node). That host
+rolls its row transaction back, re-reads the rows causally (``wsrep_sync_wait``) and, when they are
+exactly what its plan would have made them, goes on with a transaction that only records its own
+row: its files are applied, the rows were written once. Otherwise the apply fails as temporary and
+is retried with a fresh plan. The MySQL named lock taken around the rows only serialises the
+agents on one database node (``GET_LOCK`` is per node under Galera); nothing relies on it. A
+connection lost at the commit (the database node died) is settled on the next node of
+``[mysql].host``: committed if the apply id is there, else as a conflict.
 """
 
 from __future__ import annotations
@@ -41,6 +52,8 @@ import structlog
 
 from reconciler.db import rebuild_digests
 from reconciler.errors import ReconcilerError, TemporaryError
+from reconciler.fleet import applied_apply_id, causal, record_applied
+from reconciler.observed import domain_digests
 from reconciler.parsecache import built_files
 from reconciler.plan import Action, FileChange, Plan
 from reconciler.postfix import ToolResult, backdate, beside, live_path, postalias, postfix_cmd, postmap, run_tool
@@ -59,6 +72,7 @@ LOCK_TIMEOUT_ENV = "RECONCILER_LOCK_TIMEOUT"  # seconds a command waits for the 
 BULK_ROWS = int(os.environ.get("RECONCILER_TEST_BULK_ROWS", "20000"))
 FAULT_ENV = "RECONCILER_TEST_FAIL_AT"  # test-only: name of a step that must fail
 CRASH_ENV = "RECONCILER_TEST_KILL_AT"  # test-only: name of a step where the process kills itself
+DELAY_ENV = "RECONCILER_TEST_DELAY_AT"  # test-only: "STEP:SECONDS", a pause before that step (fleet races)
 PAUSE_ENV = "RECONCILER_TEST_PAUSE_AT"  # test-only: name of a step where the apply waits (once) ...
 PAUSE_FILE_ENV = "RECONCILER_TEST_PAUSE_FILE"  # ... until this file, which it creates, reads "go"
 
@@ -101,6 +115,9 @@ class InjectedFault(Exception):
 def _fault(step: Step, index: int = 0) -> None:
     """Test-only hooks: fail (exception) or crash (SIGKILL, as a power loss) at a named step."""
     names = (step.value, f"{step.value}:{index}")
+    delay = os.environ.get(DELAY_ENV, "")
+    if delay and index == 0 and delay.rpartition(":")[0] == step.value:
+        time.sleep(float(delay.rpartition(":")[2]))
     wanted = os.environ.get(FAULT_ENV)
     if wanted and wanted in names:
         raise InjectedFault(f"injected fault at {wanted}")
@@ -263,14 +280,55 @@ def _link_backup(live: Path) -> str | None:
     return str(backup)
 
 
-class Applier:
-    """Executes one Plan against the live host; see the module docstring for the steps."""
+# Errors of a row transaction that lost against another writer of the same rows: a certification
+# failure or deadlock (1213), a lock wait timeout (1205), a duplicate key (1062), a failed commit (1180).
+CONFLICT_CODES = frozenset({1213, 1205, 1062, 1180})
+# The connection is gone (server died, killed, shut down): the outcome of a commit is unknown.
+LOST_CODES = frozenset({2006, 2013, 2014, 2055, 1053, 1927, 2003})
 
-    def __init__(self, config_dir: Path, state: StateDir, conn: Any, health_timeout: float = 10.0) -> None:
+
+def conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` says another transaction won the rows (retry or settle, never a bad revision)."""
+    return isinstance(exc, pymysql.err.MySQLError) and bool(exc.args) and exc.args[0] in CONFLICT_CODES
+
+
+def lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database connection is gone."""
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return True
+    return isinstance(exc, pymysql.err.OperationalError) and bool(exc.args) and exc.args[0] in LOST_CODES
+
+
+class Applier:
+    """Executes one Plan against the live host; see the module docstring for the steps.
+
+    ``host`` and ``wave`` name this host's ``reconciler_hosts`` row; ``reconnect`` opens a new
+    database connection (the next node of ``[mysql].host``) when the one in use is lost at commit.
+    """
+
+    def __init__(
+        self,
+        config_dir: Path,
+        state: StateDir,
+        conn: Any,
+        health_timeout: float = 10.0,
+        *,
+        host: str = "",
+        wave: int = 0,
+        reconnect: Callable[[], Any] | None = None,
+        rows_newer: Callable[[str], bool] | None = None,
+    ) -> None:
         self.config_dir = config_dir
         self.state = state
         self.conn = conn
         self.health_timeout = health_timeout
+        self.host = host
+        self.wave = wave
+        self.reconnect = reconnect
+        # Whether a revision is newer than the plan's: the rows another host committed at a newer
+        # revision are never written back to this plan's (a host that planned just before a push).
+        self.rows_newer = rows_newer
+        self.rows_written = True  # False when another host had written this plan's rows
 
     def apply(self, plan: Plan, *, postfix_running: bool) -> ApplyResult:
         started = time.monotonic()
@@ -318,7 +376,7 @@ class Applier:
                     raise ApplyFailed(step, health.detail)
             step = Step.COMMIT
             _fault(step)
-            self.conn.commit()
+            self._commit(plan, journal.apply_id)
         except Exception as exc:
             detail = exc.detail if isinstance(exc, ApplyFailed) else _describe(exc)
             log.warning("apply.rollback", step=step.value, error=detail)
@@ -333,7 +391,7 @@ class Applier:
             changed=True,
             files=len(plan.files),
             tables=len(plan.tables),
-            rows=len(plan.rows),
+            rows=len(plan.rows) if self.rows_written else 0,
             service=plan.service.action.value if postfix_running else "none",
             warnings=tuple(warnings),
             duration=time.monotonic() - started,
@@ -403,6 +461,67 @@ class Applier:
                 tmp_source.unlink()
 
     def _rows(self, plan: Plan, apply_id: str) -> None:
+        """The row transaction (left open); settled as "written by another host" on a conflict."""
+        try:
+            self._write_rows(plan, apply_id)
+        except pymysql.err.MySQLError as exc:
+            if not conflict(exc):
+                raise
+            self._settle(plan, apply_id, exc)
+
+    def _commit(self, plan: Plan, apply_id: str) -> None:
+        """The commit point; a conflict or a lost connection is settled rather than rolled back blindly."""
+        try:
+            self.conn.commit()
+            return
+        except pymysql.err.MySQLError as exc:
+            if conflict(exc):
+                self._settle(plan, apply_id, exc)
+            elif lost(exc) and self.reconnect is not None:
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+                self.conn = self.reconnect()
+                if applied_apply_id(self.conn, self.host) == apply_id:
+                    log.warning("apply.commit_confirmed", after="lost connection")
+                    return
+                self._settle(plan, apply_id, exc)
+            else:
+                raise
+        self.conn.commit()
+
+    def _settle(self, plan: Plan, apply_id: str, exc: BaseException) -> None:
+        """After losing the rows to another writer: go on without row changes if they are as planned.
+
+        Leaves a transaction open that records only this host's row; raises a temporary failure
+        when the rows are not what the plan makes them (retried with a fresh plan).
+        """
+        with contextlib.suppress(Exception):
+            self.conn.rollback()
+        with contextlib.suppress(Exception), self.conn.cursor() as cur:
+            cur.execute("SET @reconciler_digest_off = NULL")
+        # Without row changes the conflict was on this host's own row (a report through another
+        # node): recording it again is all there is to do.
+        if plan.rows and not self._rows_as_planned(plan):
+            why = f"row transaction lost to another writer ({exc.args[-1]}); retried"
+            raise ApplyFailed(Step.ROWS, why, cause=TemporaryError(why))
+        event = "apply.rows_written_by_another_host" if plan.rows else "apply.host_row_conflict"
+        log.info(event, error=str(exc.args[-1]))
+        self.rows_written = False
+        self.conn.begin()
+        with self.conn.cursor() as cur:
+            record_applied(cur, self.host, self.wave, plan.revision or "", apply_id)
+
+    def _rows_as_planned(self, plan: Plan) -> bool:
+        """Whether every domain the plan touches holds exactly the rows the plan would leave (causal read)."""
+        with self.conn.cursor() as cur:
+            causal(cur)
+        digests = {name.casefold(): d for name, d in domain_digests(self.conn, full_scan=True).items()}
+        self.conn.rollback()  # end the read's snapshot
+        wanted = {name.casefold(): d for name, d in plan.row_digests.items()}
+        touched = {c.domain.casefold() for c in plan.rows}
+        return all(digests.get(name) == wanted.get(name) for name in touched)
+
+    def _write_rows(self, plan: Plan, apply_id: str) -> None:
         changes = plan.rows
         # A bulk change recomputes the per-domain digests once at the end (one scan) instead of
         # letting the triggers upsert them row by row; both happen inside this transaction.
@@ -412,7 +531,16 @@ class Applier:
             got = cur.fetchone()
             if not got or got[0] != 1:
                 raise TemporaryError("another host holds the reconciler's MySQL lock")
+            if changes:
+                causal(cur)
             self.conn.begin()
+            if changes and self.rows_newer is not None:
+                cur.execute("SELECT value FROM reconciler_state WHERE name = %s FOR UPDATE", ("applied_revision",))
+                marker = cur.fetchone()
+                at = str(marker[0]) if marker else ""
+                if at and at != plan.revision and self.rows_newer(at):
+                    why = f"the rows are at {at[:12]}, newer than this revision: another host applied it; retried"
+                    raise ApplyFailed(Step.ROWS, why, cause=TemporaryError(why))
             if bulk:
                 cur.execute("SET @reconciler_digest_off = 1")
             domain_ids: dict[str, int] = {}
@@ -486,12 +614,15 @@ class Applier:
             if bulk:
                 _store_digests(cur, plan, domain_id)
                 cur.execute("SET @reconciler_digest_off = NULL")
-            for name, value in (("applied_revision", plan.revision or ""), ("last_apply_id", apply_id)):
+            if changes:
+                # The revision the shared rows are at; only a host that writes rows writes it, so
+                # hosts that apply files only never conflict with each other.
                 cur.execute(
                     "INSERT INTO reconciler_state (name, value) VALUES (%s, %s) "
                     "ON DUPLICATE KEY UPDATE value = VALUES(value)",
-                    (name, value),
+                    ("applied_revision", plan.revision or ""),
                 )
+            record_applied(cur, self.host, self.wave, plan.revision or "", apply_id)
 
     def _swap(self, journal: _Journal) -> None:
         for index, op in enumerate(journal.ops):
@@ -757,11 +888,17 @@ def _recover_unreadable(state: StateDir, config_dir: Path, exc: Exception, healt
 
 
 def recover(
-    state: StateDir, conn: Any, config_dir: Path, health_timeout: float = 10.0, outside_paths: tuple[str, ...] = ()
+    state: StateDir,
+    conn: Any,
+    config_dir: Path,
+    health_timeout: float = 10.0,
+    outside_paths: tuple[str, ...] = (),
+    host: str = "",
 ) -> str | None:
     """Finish or undo an interrupted apply; returns what was done, None when there was nothing.
 
-    Call with the host lock held. The apply committed iff its id reached ``reconciler_state``.
+    Call with the host lock held. The apply committed iff its id reached this host's
+    ``reconciler_hosts`` row (or, for a journal of an older version, ``reconciler_state``).
     Without a journal, leftovers of an apply killed before it wrote one are removed.
     """
     try:
@@ -775,11 +912,13 @@ def recover(
     config_dir = Path(journal.config_dir)
     committed = journal.phase == "committed"
     if not committed and journal.phase == "swapping":
-        with conn.cursor() as cur:
-            cur.execute("SELECT value FROM reconciler_state WHERE name = %s", ("last_apply_id",))
-            row = cur.fetchone()
+        committed = applied_apply_id(conn, host) == journal.apply_id
+        if not committed:
+            with conn.cursor() as cur:
+                cur.execute("SELECT value FROM reconciler_state WHERE name = %s", ("last_apply_id",))
+                row = cur.fetchone()
+            committed = row is not None and row[0] == journal.apply_id
         conn.commit()
-        committed = row is not None and row[0] == journal.apply_id
     if committed:
         finish_committed(journal)
         state.write_inventory(Inventory.from_json(journal.inventory))

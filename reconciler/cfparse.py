@@ -1,13 +1,15 @@
 """Pure parsers for Postfix's own file formats: main.cf parameters and master.cf services.
 
-Used by ``plan`` (parameter-level and per-service summaries, restart decisions) and ``verify``
-(which inet listeners to probe). Follows postconf(5) and master(5): a line starting with
-whitespace continues the previous logical line; empty lines and lines whose first non-blank
-character is ``#`` are ignored, also between continuation lines.
+Used by ``desired`` (a host's main.cf overrides: ``set_parameters``), ``plan`` (parameter-level
+and per-service summaries, restart decisions) and ``verify`` (which inet listeners to probe).
+Follows postconf(5) and master(5): a line starting with whitespace continues the previous logical
+line; empty lines and lines whose first non-blank character is ``#`` are ignored, also between
+continuation lines.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -91,3 +93,38 @@ def diff_parameters(before: dict[str, str], after: dict[str, str]) -> list[tuple
     """(name, old, new) for every added, changed or removed parameter, sorted by name."""
     names = sorted(set(before) | set(after))
     return [(n, before.get(n), after.get(n)) for n in names if before.get(n) != after.get(n)]
+
+
+def set_parameters(text: str, params: Mapping[str, str], *, comment: str = "") -> str:
+    """main.cf ``text`` with each of ``params`` set: every setting of it replaced, else appended.
+
+    A replaced setting keeps its place (and the comments around it); its continuation lines go.
+    Parameters main.cf does not set are appended after ``comment`` (one ``#`` line), in order.
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    seen: set[str] = set()
+    skipping = False
+    for raw in lines:
+        stripped = raw.strip()
+        if skipping and raw[:1].isspace() and stripped and not stripped.startswith("#"):
+            continue  # a continuation line of a replaced setting
+        skipping = False
+        if stripped and not raw[:1].isspace() and not stripped.startswith("#"):
+            name, sep, _ = stripped.partition("=")
+            name = name.strip()
+            if sep and name in params:
+                out.append(f"{name} = {params[name]}")
+                seen.add(name)
+                skipping = True
+                continue
+        out.append(raw)
+    missing = [n for n in params if n not in seen]
+    if missing:
+        while out and out[-1] == "":
+            out.pop()
+        if comment:
+            out.append(f"# {comment}")
+        out.extend(f"{n} = {params[n]}" for n in missing)
+        out.append("")
+    return "\n".join(out)

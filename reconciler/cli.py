@@ -7,6 +7,7 @@ to the exit codes of SPEC section 4 (0 success, 1 invalid/changes/failed, 2 coul
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from reconciler import __version__
 from reconciler import logging as rlog
 from reconciler.errors import ReconcilerError
 from reconciler.models import AgentConfig, load_config
-from reconciler.status import AgentState, Status
+from reconciler.status import AgentState, Fleet, Status
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 DEFAULT_CONFIG = "/etc/reconciler/config.toml"
@@ -70,7 +71,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bare = _is_bare(repo)
     rev = args.rev if args.rev or not bare else "HEAD"
     snapshot = open_snapshot(repo, rev)
-    validated = validate_snapshot(snapshot, live_dir, outside_paths=outside)
+    validated = validate_snapshot(snapshot, live_dir, outside_paths=outside, every_host=True)
     problems = validated.problems
     for note in validated.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -266,6 +267,8 @@ def _status_text(status: Status, origin: str) -> str:
         lines.append(f"head commit: {hc.subject} ({hc.author or 'unknown author'}{when})")
     if status.pending_changes:
         lines.append(f"pending changes: {status.pending_changes}")
+    if status.waiting_for:
+        lines.append(f"waiting for: {', '.join(status.waiting_for)} ({status.waiting_reason or ''})")
     if status.next_retry_at:
         lines.append(f"next retry: {status.next_retry_at.isoformat(timespec='seconds')}")
     if status.drift:
@@ -290,24 +293,80 @@ def _status_text(status: Status, origin: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """The running agent's status, else the last one recorded; exit 0 synced, 1 anything else."""
+def _agent_status(cfg: AgentConfig) -> Status | None:
+    """The running agent's status from its API, None when no agent answers."""
     import json
     import urllib.error
     import urllib.request
 
-    from reconciler.agent.history import read_status
     from reconciler.api.server import ListenError
 
-    cfg = read_config(args.config)
-    status: Status | None = None
-    origin = "agent"
     try:
         url = _agent_url(cfg.api.listen) + "/status"
         with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - http to the configured listen address
-            status = Status.model_validate(json.loads(resp.read()))
+            return Status.model_validate(json.loads(resp.read()))
     except (urllib.error.URLError, OSError, ValueError, ListenError) as exc:
         log.debug("status.agent_unreachable", error=str(exc))
+    return None
+
+
+def _fleet_head(cfg: AgentConfig, fleet: Fleet) -> str | None:
+    """The branch head the fleet should be at: the agent's, else the local repository's, else the hosts' own."""
+    status = _agent_status(cfg)
+    if status is not None and status.head_revision:
+        return status.head_revision
+    from reconciler.engine import open_revision
+
+    try:
+        return open_revision(cfg, None).revision
+    except ReconcilerError:
+        heads = [h.head_revision for h in fleet.hosts if h.head_revision]
+        return max(set(heads), key=heads.count) if heads else None
+
+
+def _fleet_text(fleet: Fleet, head: str | None) -> str:
+    def short(rev: str | None) -> str:
+        return (rev or "none")[:12]
+
+    lines = [f"fleet: {len(fleet.hosts)} host(s), head {short(head)}"]
+    lines.append(f"  {'host':<16} {'wave':>4}  {'applied':<12}  {'state':<12} {'last seen':<20} error")
+    for h in fleet.hosts:
+        seen = h.last_seen.strftime("%Y-%m-%dT%H:%M:%SZ")
+        state = h.state + (" (stale)" if h.stale else "")
+        error = h.error or ""
+        if h.waiting_for and not error:
+            error = "waiting for " + ", ".join(h.waiting_for)
+        lines.append(f"  {h.name:<16} {h.wave:>4}  {short(h.applied_revision):<12}  {state:<12} {seen:<20} {error}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_fleet(cfg: AgentConfig, fmt: str) -> int:
+    """``status --fleet``: every host of the fleet; exit 0 when all are synced at the head."""
+    from reconciler.fleet import read_fleet
+
+    fleet = read_fleet(cfg)
+    head = _fleet_head(cfg, fleet)
+    if fmt == "json":
+        doc = fleet.model_dump(mode="json")
+        doc["head_revision"] = head
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(_fleet_text(fleet, head))
+    synced = bool(fleet.hosts) and all(
+        h.state == AgentState.SYNCED.value and h.applied_revision == head and not h.stale for h in fleet.hosts
+    )
+    return EXIT_OK if synced else EXIT_FAIL
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The running agent's status, else the last one recorded; exit 0 synced, 1 anything else."""
+    from reconciler.agent.history import read_status
+
+    cfg = read_config(args.config)
+    if args.fleet:
+        return cmd_fleet(cfg, args.format)
+    origin = "agent"
+    status = _agent_status(cfg)
     if status is None:
         status = read_status(Path(cfg.state.dir))
         origin = f"recorded in {cfg.state.dir}; no agent answers at {cfg.api.listen}"
@@ -398,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="the agent's status (from its API, else as last recorded)")
     p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--fleet", action="store_true", help="every host of the fleet, from the database")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("pre-receive", help="git pre-receive hook: refuse a push whose branch head is invalid")

@@ -18,7 +18,7 @@ import structlog
 from reconciler.errors import TemporaryError
 from reconciler.models import MysqlConfig
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 log = structlog.get_logger("reconciler.db")
 
 
@@ -49,28 +49,61 @@ def read_password(path: str) -> str:
 
 
 def connect(cfg: MysqlConfig, *, autocommit: bool = False) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
-    """Open a connection; an unreachable server is a ``TemporaryError`` (retry with backoff)."""
+    """Open a connection to the first server of ``[mysql].host`` that answers (a list is tried in order).
+
+    An unreachable database (every server down) is a ``TemporaryError`` (retry with backoff). A
+    Galera node that answers but has left the cluster's primary component is skipped too: it
+    refuses every statement until it rejoins.
+    """
     try:
         password = read_password(cfg.password_file)
     except OSError as exc:
         raise TemporaryError(f"cannot read [mysql].password_file {cfg.password_file}: {exc.strerror}") from None
+    targets: list[tuple[str | None, int]] = [(None, cfg.port)] if cfg.unix_socket else list(cfg.endpoints())
+    errors: list[str] = []
+    for host, port in targets:
+        try:
+            conn = pymysql.connect(
+                user=cfg.user,
+                password=password,
+                database=cfg.database,
+                host=host,
+                port=port,
+                unix_socket=cfg.unix_socket or None,
+                charset="utf8mb4",
+                autocommit=autocommit,
+                connect_timeout=5,
+                read_timeout=600,
+                write_timeout=600,
+            )
+        except pymysql.err.OperationalError as exc:
+            # The exception text of a failed login can echo the user but never the password.
+            errors.append(f"{host or cfg.unix_socket}:{port}: {exc.args[-1]}")
+            continue
+        if len(targets) > 1 and not _ready(conn):
+            errors.append(f"{host}:{port}: not ready (outside the cluster's primary component)")
+            conn.close()
+            continue
+        if errors:
+            log.warning("db.failover", server=f"{host}:{port}", skipped=errors)
+        return conn
+    raise TemporaryError(f"cannot connect to MySQL as {cfg.user}: " + "; ".join(errors))
+
+
+def server_of(conn: Any) -> str:
+    """``host:port`` of a connection (for logs and the status)."""
+    return f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
+
+
+def _ready(conn: Any) -> bool:
+    """Whether a server accepts queries: not a Galera node outside the primary component."""
     try:
-        return pymysql.connect(
-            user=cfg.user,
-            password=password,
-            database=cfg.database,
-            host=None if cfg.unix_socket else cfg.host,
-            port=cfg.port,
-            unix_socket=cfg.unix_socket or None,
-            charset="utf8mb4",
-            autocommit=autocommit,
-            connect_timeout=5,
-            read_timeout=600,
-            write_timeout=600,
-        )
-    except pymysql.err.OperationalError as exc:
-        # The exception text of a failed login can echo the user but never the password.
-        raise TemporaryError(f"cannot connect to MySQL as {cfg.user}: {exc.args[-1]}") from None
+        with conn.cursor() as cur:
+            cur.execute("SHOW STATUS LIKE 'wsrep_ready'")
+            row = cur.fetchone()
+    except pymysql.err.MySQLError:
+        return False
+    return row is None or str(row[1]).upper() == "ON"
 
 
 def schema_statements() -> list[str]:

@@ -5,6 +5,10 @@ repository's shape (regular UTF-8 files only, size limit, nothing unexpected und
 ``domains/``), secret placeholders, and every domain file against the models plus the cross-file
 rules (file name equals domain, addresses inside their domain, no duplicates, no alias cycles).
 Every problem is collected, never just the first. Called by ``validate`` and later stages.
+
+A fleet's ``hosts/<name>.yaml`` files (SPEC section 6) are parsed here too: ``build_desired`` for a
+named host returns that host's files (``postfix/`` with its ``hosts/<name>/postfix/`` files replacing
+the same paths and its ``main_cf`` parameters set in main.cf); the rows are the same for every host.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import yaml
 from pydantic import ValidationError
 
 from reconciler import fastyaml
+from reconciler.cfparse import set_parameters
 from reconciler.errors import Problem
-from reconciler.models import DomainFile, outside_path_problem
+from reconciler.models import DomainFile, HostFile, outside_path_problem
 from reconciler.parsecache import ParseCache, write_rows
 from reconciler.source import EntryKind, Locator, Snapshot, read_located
 
@@ -39,6 +44,7 @@ POSTFIX_DIR = "postfix/"
 DOMAINS_DIR = "domains/"
 ROOTFS_DIR = "rootfs/"
 MAX_DEPTH = 6  # postfix/a/b/c/d/FILE: deeper trees are a mistake, not a layout
+HOSTS_DIR = "hosts/"
 # Names Postfix config files can safely have: no spaces, no shell or map metacharacters.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 _SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
@@ -106,14 +112,32 @@ class DomainData:
 
 
 @dataclass(frozen=True)
+class HostSpec:
+    """One fleet host as the revision's ``hosts/<name>.yaml`` declares it (in-memory)."""
+
+    name: str
+    path: str
+    wave: int
+    main_cf: Mapping[str, str]
+    files: Mapping[str, DesiredFile]  # its hosts/<name>/postfix/ files, by name inside postfix/
+
+
+@dataclass(frozen=True)
 class DesiredState:
-    """Everything a revision asks for (in-memory, immutable)."""
+    """Everything a revision asks for (in-memory, immutable).
+
+    ``files`` are those of ``host`` when one was asked for and the revision has its host file,
+    else the shared ``postfix/`` tree; ``shared_files`` is always that shared tree.
+    """
 
     revision: str | None
     files: Mapping[str, DesiredFile]
     domains: Mapping[str, DomainData]
     # Findings that are not problems: rootfs/ files this host does not allow (left alone).
     notes: tuple[Problem, ...] = ()
+    hosts: Mapping[str, HostSpec] = field(default_factory=dict)
+    host: HostSpec | None = None
+    shared_files: Mapping[str, DesiredFile] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,13 +149,18 @@ class ParsedDomain:
 
 
 def build_desired(
-    snapshot: Snapshot, cache: ParseCache | None = None, outside_paths: Iterable[str] = ("/etc/aliases",)
+    snapshot: Snapshot,
+    cache: ParseCache | None = None,
+    outside_paths: Iterable[str] = ("/etc/aliases",),
+    host: str | None = None,
 ) -> tuple[DesiredState, list[Problem]]:
     """Parse and check a snapshot; returns the state (possibly partial) and every problem.
 
     With a cache, a domain file whose blob was parsed and found valid before is not read again.
     A ``rootfs/`` file is managed only when its absolute path is one of ``outside_paths``; any
     other is left alone, with a note (never a write outside the config directory).
+    With ``host``, the files are that host's (see the module docstring); every host file is
+    checked either way.
     """
     allowed = frozenset(outside_paths)
     notes: list[Problem] = []
@@ -145,7 +174,7 @@ def build_desired(
         in_domains = path.startswith(DOMAINS_DIR) or path == DOMAINS_DIR.rstrip("/")
         in_rootfs = path.startswith(ROOTFS_DIR) or path == ROOTFS_DIR.rstrip("/")
         if entry.kind is EntryKind.SYMLINK:
-            if in_postfix or in_domains or in_rootfs:
+            if in_postfix or in_domains or in_rootfs or path.startswith(HOSTS_DIR):
                 problems.append(Problem(path, None, "symbolic links are not allowed"))
             continue
         if entry.kind is EntryKind.SUBMODULE:
@@ -154,6 +183,8 @@ def build_desired(
         if entry.kind is EntryKind.OTHER:
             problems.append(Problem(path, None, "only regular files are allowed"))
             continue
+        if path.startswith(HOSTS_DIR):
+            continue  # read by host_specs
         if not (in_postfix or in_domains or in_rootfs):
             continue  # README.md, CI files and the like are not managed
         shape = _shape_problem(path)
@@ -210,7 +241,101 @@ def build_desired(
     problems.extend(cross_domain_problems(snapshot, domains))
     if cache is not None:
         cache.save(d.blob_id for d in domains)
-    return DesiredState(snapshot.revision, files, {d.name: d for d in domains}, tuple(notes)), problems
+    hosts, host_problems = host_specs(snapshot)
+    problems.extend(host_problems)
+    spec = hosts.get(host) if host else None
+    host_files = host_tree(files, spec) if spec is not None else files
+    state = DesiredState(snapshot.revision, host_files, {d.name: d for d in domains}, tuple(notes), hosts, spec, files)
+    return state, problems
+
+
+def host_specs(snapshot: Snapshot) -> tuple[dict[str, HostSpec], list[Problem]]:
+    """Every ``hosts/<name>.yaml`` with its ``hosts/<name>/postfix/`` files, and their problems."""
+    problems: list[Problem] = []
+    models: dict[str, tuple[str, HostFile]] = {}
+    replacements: dict[str, dict[str, DesiredFile]] = {}
+    for path in sorted(p for p in snapshot.entries if p.startswith(HOSTS_DIR)):
+        entry = snapshot.entries[path]
+        if entry.kind not in (EntryKind.FILE, EntryKind.EXECUTABLE):
+            continue  # symlinks and the like: reported by build_desired
+        parts = path.split("/")
+        if entry.size > MAX_FILE_SIZE:
+            problems.append(Problem(path, None, f"file is {entry.size} bytes; the limit is {MAX_FILE_SIZE}"))
+            continue
+        if len(parts) == 2 and parts[1].endswith(".yaml"):
+            model, file_problems = parse_host_file(path, snapshot.read(path))
+            problems.extend(file_problems)
+            if model is not None:
+                models[model.host] = (path, model)
+            continue
+        if len(parts) == 4 and parts[2] == "postfix":
+            name = parts[3]
+            if not _SAFE_NAME.match(name) or name.endswith(_GENERATED_SUFFIXES):
+                problems.append(Problem(path, None, f"unexpected file name {name!r} in a host's postfix/"))
+                continue
+            data = snapshot.read(path)
+            text_problem = text_problems(path, data)
+            if text_problem:
+                problems.extend(text_problem)
+                continue
+            secrets, secret_problems = secret_refs(path, data.decode("utf-8"))
+            problems.extend(secret_problems)
+            replacements.setdefault(parts[1], {})[name] = DesiredFile(name, entry.blob_id, data, secrets)
+            continue
+        problems.append(
+            Problem(path, None, "unexpected path: hosts/ holds <name>.yaml and <name>/postfix/<file> replacements")
+        )
+    for name in sorted(set(replacements) - set(models)):
+        where = f"{HOSTS_DIR}{name}/postfix"
+        problems.append(Problem(where, None, f"no host file {HOSTS_DIR}{name}.yaml for these files"))
+    hosts = {
+        name: HostSpec(name, path, model.wave, dict(model.main_cf), replacements.get(name, {}))
+        for name, (path, model) in models.items()
+    }
+    return hosts, problems
+
+
+def host_tree(files: Mapping[str, DesiredFile], host: HostSpec) -> dict[str, DesiredFile]:
+    """A host's desired files: the shared ones, its replacements, its main.cf parameters set."""
+    out = {**files, **host.files}
+    main = out.get("main.cf")
+    if host.main_cf and main is not None:
+        text = set_parameters(main.template.decode("utf-8"), host.main_cf, comment=f"set by {host.path}")
+        data = text.encode("utf-8")
+        # Not a blob of the repository: an id of its own, so that caches keyed by blob ids see a new file.
+        blob = "host-" + hashlib.sha1(data, usedforsecurity=False).hexdigest()
+        secrets, _ = secret_refs(host.path, text)
+        out["main.cf"] = DesiredFile("main.cf", blob, data, secrets)
+    return out
+
+
+def parse_host_file(path: str, data: bytes) -> tuple[HostFile | None, list[Problem]]:
+    """Parse and check one ``hosts/<name>.yaml``; problems carry the file's line numbers."""
+    text_problem = text_problems(path, data)
+    if text_problem:
+        return None, text_problem
+    raw, problems = load_yaml(path, data)
+    if problems:
+        return None, problems
+    lines = _Lines(data.decode("utf-8"))
+    if not isinstance(raw, dict):
+        return None, [Problem(path, 1, "a host file must be a mapping with a 'host' key")]
+    try:
+        model = HostFile.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc = err["loc"]
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key {loc[-1]!r}"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            problems.append(Problem(path, lines.at(loc), f"{'.'.join(str(p) for p in loc)}: {msg}"))
+        return None, problems
+    stem = path[len(HOSTS_DIR) :].removesuffix(".yaml")
+    if model.host != stem:
+        return None, [Problem(path, lines.at(["host"]), f"host {model.host!r} must equal the file name {stem!r}")]
+    return model, []
 
 
 Rows = tuple[tuple[Pair, ...], tuple[Pair, ...]]

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ import structlog
 
 from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover, repair_digests
 from reconciler.db import connect
+from reconciler.desired import HostSpec, host_specs
 from reconciler.errors import Fault, InvalidRevision, PermanentError, ReconcilerError, SourceError
+from reconciler.fleet import WaveCheck, read_fleet, wave_check
 from reconciler.models import AgentConfig
 from reconciler.observed import observe
 from reconciler.outcome import fault_of
@@ -60,6 +63,7 @@ class Planned:
     snapshot: Snapshot
     plan: Plan
     observed: Observed
+    host: HostSpec | None = None  # this host's host file in the revision (None outside a fleet)
 
 
 @contextlib.contextmanager
@@ -69,10 +73,18 @@ def session(cfg: AgentConfig) -> Iterator[tuple[StateDir, Any]]:
     conn = connect(cfg.mysql)
     try:
         with host_lock(state), gc_paused():
-            recover(state, conn, Path(cfg.postfix.config_dir), cfg.postfix.health_timeout, cfg.postfix.outside_paths)
+            recover(
+                state,
+                conn,
+                Path(cfg.postfix.config_dir),
+                cfg.postfix.health_timeout,
+                cfg.postfix.outside_paths,
+                cfg.host.resolved(),
+            )
             yield state, conn
     finally:
-        conn.close()
+        with contextlib.suppress(Exception):  # a connection to a node that died cannot say goodbye
+            conn.close()
 
 
 @contextlib.contextmanager
@@ -158,22 +170,55 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
     """
     started = time.monotonic()
     check_signature(cfg, snapshot)
+    host = cfg.host.resolved()
     validated = validate_snapshot(
-        snapshot, cfg.postfix.config_dir, ParseCache.open(state.path / "parsed"), cfg.postfix.outside_paths
+        snapshot, cfg.postfix.config_dir, ParseCache.open(state.path / "parsed"), cfg.postfix.outside_paths, host=host
     )
     if validated.problems:
         raise InvalidRevision(list(validated.problems))
     names = {n for f in validated.desired.files.values() for n in f.secrets}
     secrets = load_secrets(cfg.secrets.dir, names)
     rows = {name: lazy_domain_rows(data) for name, data in validated.desired.domains.items()}
-    desired = desired_from(snapshot.revision, validated.desired.files, validated.tables, rows, secrets)
+    spec = validated.desired.host
+    desired = desired_from(
+        snapshot.revision,
+        validated.desired.files,
+        validated.tables,
+        rows,
+        secrets,
+        host=spec.name if spec is not None else "",
+        origins=host_origins(spec) if spec is not None else None,
+    )
     observed = observe(
         Path(cfg.postfix.config_dir), desired, managed_inventory(cfg, state), conn, secrets, full_scan=full_scan
     )
     result = plan(desired, observed)
     check_deletions(cfg, snapshot, result, observed)
     log.info("plan.done", changes=len(result.changes), seconds=round(time.monotonic() - started, 3))
-    return Planned(snapshot, result, observed)
+    return Planned(snapshot, result, observed, spec)
+
+
+def wave_gate(cfg: AgentConfig, rev: str) -> tuple[int, WaveCheck] | None:
+    """This host's wave and whether the fleet lets it apply ``rev`` now (SPEC 6 waves).
+
+    None when the revision has no host file for this host: it is not part of a rollout. The
+    waves are those of the revision's own ``hosts/*.yaml``; the fleet is read causally.
+    """
+    hosts, _ = host_specs(open_revision(cfg, rev))
+    me = cfg.host.resolved()
+    if me not in hosts:
+        return None
+    waves = {name: spec.wave for name, spec in hosts.items()}
+    return hosts[me].wave, wave_check(read_fleet(cfg), me, rev, waves)
+
+
+def host_origins(spec: HostSpec) -> dict[str, str]:
+    """Per file name, what makes it host-specific on ``spec``'s host (``diff`` shows it)."""
+    out = {name: f"hosts/{spec.name}/postfix/{name}" for name in spec.files}
+    if spec.main_cf:
+        params = ", ".join(sorted(spec.main_cf))
+        out["main.cf"] = out.get("main.cf", "postfix/main.cf") + f" with {spec.path} main_cf: {params}"
+    return out
 
 
 def diff(cfg: AgentConfig, rev: str | None, *, full_scan: bool = False) -> Planned:
@@ -223,12 +268,27 @@ def apply(
         if planned.plan.empty or (should_apply is not None and not should_apply(planned)):
             conn.rollback()
             return planned, ApplyResult(changed=False)
-        applier = Applier(Path(cfg.postfix.config_dir), state, conn, cfg.postfix.health_timeout)
+        spec = planned.host
+        applier = Applier(
+            Path(cfg.postfix.config_dir),
+            state,
+            conn,
+            cfg.postfix.health_timeout,
+            host=cfg.host.resolved(),
+            wave=spec.wave if spec is not None else 0,
+            reconnect=lambda: connect(cfg.mysql),
+            # An explicit ``apply --rev`` may go back; the agent never writes rows back over newer ones.
+            rows_newer=None if retry_failed else partial(snapshot.superseded_by, ref=f"refs/heads/{cfg.source.branch}"),
+        )
         try:
             result = applier.apply(planned.plan, postfix_running=planned.observed.postfix_running)
         except ApplyFailed as exc:
             if fault_of(exc) is Fault.REVISION:
                 state.record_failed(revision, str(exc))
             raise
+        finally:
+            if applier.conn is not conn:
+                with contextlib.suppress(Exception):
+                    applier.conn.close()
         state.clear_failed(revision)
         return planned, result

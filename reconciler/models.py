@@ -1,4 +1,4 @@
-"""Pydantic models of what users write: the domain file and the agent configuration.
+"""Pydantic models of what users write: the domain file, the host file and the agent configuration.
 
 Bottom layer of the pipeline: pure, no I/O beyond reading a TOML file in ``load_config``. The JSON
 Schemas in ``schemas/`` are generated from these models (``python -m reconciler.schemagen``), and a
@@ -9,6 +9,7 @@ types are strict: ``password: 123`` is refused rather than coerced.
 from __future__ import annotations
 
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -230,6 +231,59 @@ class DomainFile(_Strict):
         return v
 
 
+_HOST_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_PARAM_RE = re.compile(r"[A-Za-z0-9_]+\Z")
+
+
+def host_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a fleet host (a lower-case host name label), else None."""
+    if not _HOST_RE.match(name):
+        return "host must be a short host name: lower-case letters, digits and '-', at most 63"
+    return None
+
+
+def _host_name(v: str) -> str:
+    return _check(host_problem(v), v)
+
+
+def _main_cf_overrides(v: dict[str, str]) -> dict[str, str]:
+    for name, value in v.items():
+        if not _PARAM_RE.match(name):
+            raise ValueError(f"{name!r} is not a main.cf parameter name (letters, digits and '_')")
+        bad = _CONTROL_RE.search(value)
+        if bad:
+            raise ValueError(f"{name}: value contains control character {bad.group(0)!r}")
+    return v
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
+
+
+class HostFile(_Strict):
+    """A ``hosts/<name>.yaml`` file: one mail host of a fleet (SPEC section 6)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        title="Postfix reconciler host file",
+        json_schema_extra={"$id": "https://postfix-reconciler.invalid/schemas/host.schema.json"},
+    )
+
+    host: HostName = Field(description="The host's name ([host].name); must equal the file name without .yaml.")
+    wave: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=0, description="Rollout wave: the host applies a revision after every host of a lower wave has."
+    )
+    main_cf: Annotated[dict[str, str], AfterValidator(_main_cf_overrides)] = Field(
+        default_factory=dict, description="main.cf parameters this host sets (overriding or adding to postfix/main.cf)."
+    )
+
+    @field_validator("main_cf", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: object) -> object:
+        return {} if v is None else v
+
+
 # --------------------------------------------------------------------------------------------
 # Agent configuration (SPEC section 3)
 
@@ -276,15 +330,57 @@ class PostfixConfig(_Strict):
         return v
 
 
+class HostConfig(_Strict):
+    """This host's identity in a fleet."""
+
+    name: str = Field(default="", description="this host's name in a fleet (default: the short hostname)")
+
+    def resolved(self) -> str:
+        """The configured name, else the short host name."""
+        return self.name or socket.gethostname().split(".")[0].lower()
+
+
+class FleetConfig(_Strict):
+    """How a fleet rolls out."""
+
+    host_timeout: Annotated[int, Field(ge=1)] = Field(
+        default=600, description="seconds after which an unseen lower-wave host no longer holds later waves"
+    )
+    poll_interval: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="seconds between checks of the lower waves while waiting"
+    )
+
+
 class MysqlConfig(_Strict):
     """The agent's connection to the mail database."""
 
-    host: str = "127.0.0.1"
+    host: str | Annotated[list[str], Field(min_length=1)] = Field(
+        default="127.0.0.1",
+        description='a host, or a list tried in order ("db1:3306", "db2"; the port below for entries without one)',
+    )
     port: Annotated[int, Field(ge=1, le=65535)] = 3306
     unix_socket: str = ""
     user: str = "reconciler"
     password_file: str = "/etc/reconciler/mysql-password"  # noqa: S105 - a path, not a password
     database: str = "mailserver"
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """(host, port) of every configured server, in the order they are tried."""
+        hosts = [self.host] if isinstance(self.host, str) else list(self.host)
+        out: list[tuple[str, int]] = []
+        for entry in hosts:
+            host, port = entry, self.port
+            if entry.startswith("["):  # [v6]:port or [v6]
+                inner, _, rest = entry[1:].partition("]")
+                host = inner
+                if rest.startswith(":") and rest[1:].isdigit():
+                    port = int(rest[1:])
+            elif entry.count(":") == 1:
+                name, _, number = entry.partition(":")
+                if number.isdigit():
+                    host, port = name, int(number)
+            out.append((host, port))
+        return out
 
 
 class SecretsConfig(_Strict):
@@ -369,6 +465,8 @@ class AgentConfig(_Strict):
 
     source: SourceConfig = SourceConfig()
     postfix: PostfixConfig = PostfixConfig()
+    host: HostConfig = HostConfig()
+    fleet: FleetConfig = FleetConfig()
     mysql: MysqlConfig = MysqlConfig()
     secrets: SecretsConfig = SecretsConfig()
     state: StateConfig = StateConfig()

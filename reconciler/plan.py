@@ -60,6 +60,7 @@ class FileSpec:
     secrets: frozenset[str] = frozenset()
     mode: int = 0o644
     group: str = "root"
+    origin: str = ""  # on a fleet host, what makes this file host-specific ("" when shared)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class Desired:
     files: Mapping[str, FileSpec]
     tables: tuple[TableDecl, ...]
     domains: Mapping[str, DomainRows]
+    host: str = ""  # the fleet host whose files these are ("" outside a fleet)
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,7 @@ class Plan:
     # Per-domain digests the rows of every domain with row changes have once the plan ran (what the
     # triggers would leave in reconciler_digest): a bulk apply writes them instead of re-hashing.
     row_digests: Mapping[str, tuple[int, int, int, int]] = field(default_factory=dict, repr=False)
+    host: str = ""  # the fleet host planned for ("" outside a fleet)
 
     @property
     def empty(self) -> bool:
@@ -300,6 +303,7 @@ def plan(desired: Desired, observed: Observed) -> Plan:
         managed_files=frozenset(desired.files),
         managed_tables=desired.tables,
         row_digests=row_digests,
+        host=desired.host,
     )
 
 
@@ -311,9 +315,18 @@ def _file_changes(desired: Desired, observed: Observed) -> list[FileChange]:
         holds_secret = bool(spec.secrets)
         if live is None:
             diff = unified(b"", spec.template, name)
+            origin = (f"host-specific: {spec.origin}",) if spec.origin else ()
             out.append(
                 FileChange(
-                    Action.CREATE, name, spec.content, spec.mode, spec.group, diff, (), (), holds_secret=holds_secret
+                    Action.CREATE,
+                    name,
+                    spec.content,
+                    spec.mode,
+                    spec.group,
+                    diff,
+                    (),
+                    origin,
+                    holds_secret=holds_secret,
                 )
             )
             continue
@@ -324,6 +337,8 @@ def _file_changes(desired: Desired, observed: Observed) -> list[FileChange]:
             notes.append(f"group {live.group} -> {spec.group}")
         if live.content == spec.content and not notes:
             continue
+        if spec.origin:
+            notes.append(f"host-specific: {spec.origin}")
         diff, rotated = "", tuple[str, ...]()
         if live.content != spec.content:
             masked, rotated = mask_live(spec.template, live.content, observed.secrets, secret_file=_private(live))
@@ -644,8 +659,14 @@ def desired_from(
     tables: Iterable[Any],
     domains: Mapping[str, DomainRows],
     secrets: Mapping[str, bytes],
+    *,
+    host: str = "",
+    origins: Mapping[str, str] | None = None,
 ) -> Desired:
-    """``Desired`` from validated ``DesiredFile``s, ``TableSpec``s and domain rows."""
+    """``Desired`` from validated ``DesiredFile``s, ``TableSpec``s and domain rows.
+
+    ``origins`` says, per file name, what makes a fleet host's file host-specific.
+    """
     specs = {}
     for name, f in files.items():
         holds = bool(f.secrets)
@@ -656,6 +677,7 @@ def desired_from(
             frozenset(f.secrets),
             SECRET_FILE_MODE if holds else 0o644,
             SECRET_FILE_GROUP if holds else "root",
+            (origins or {}).get(name, ""),
         )
     decls = tuple(TableDecl(t.name, t.type, t.builder, t.build_key) for t in tables if t.builder)
-    return Desired(revision, specs, decls, domains)
+    return Desired(revision, specs, decls, domains, host)

@@ -122,7 +122,9 @@ def check_update(cfg: AgentConfig, repo: Path, update: RefUpdate) -> RefVerdict:
         check_signature(cfg, snapshot)
     except PermanentError as exc:
         return RefVerdict(update, checked=True, problems=(Problem(update.ref, None, str(exc)),))
-    validated = validate_snapshot(snapshot, cfg.postfix.config_dir, outside_paths=cfg.postfix.outside_paths)
+    validated = validate_snapshot(
+        snapshot, cfg.postfix.config_dir, outside_paths=cfg.postfix.outside_paths, every_host=True
+    )
     if validated.problems:
         return RefVerdict(update, checked=True, problems=validated.problems)
     refused = _deletion_problems(cfg, repo, update, snapshot, validated.desired)

@@ -52,7 +52,9 @@ def change_json(change: FileChange | TableChange | RowChange | ServiceChange) ->
 
 def plan_json(plan: Plan) -> str:
     """``diff --format json``: one document."""
-    doc = {"revision": plan.revision, "changes": [change_json(c) for c in plan.changes]}
+    doc: dict[str, Any] = {"revision": plan.revision, "changes": [change_json(c) for c in plan.changes]}
+    if plan.host:
+        doc["host"] = plan.host
     return json.dumps(doc, indent=2) + "\n"
 
 
@@ -66,7 +68,7 @@ def plan_text(plan: Plan, *, colour: bool = False) -> str:
         code = _COLOURS.get(line[0])
         return f"{code}{line}{_RESET}" if code and not line.startswith(("+++", "---")) else line
 
-    rev = (plan.revision or "working tree")[:12]
+    rev = (plan.revision or "working tree")[:12] + (f" on host {plan.host}" if plan.host else "")
     if plan.empty:
         return f"revision {rev}: in sync, nothing to do\n"
     lines.append(f"revision {rev}: {len(plan.changes)} change(s)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from reconciler.models import AgentConfig, DomainFile
+from reconciler.models import AgentConfig, DomainFile, HostFile
 from reconciler.status import Status
 
 
@@ -27,6 +27,7 @@ def generated() -> dict[str, str]:
     """File name -> content of every generated schema file."""
     return {
         "domain.schema.json": _schema(DomainFile),
+        "host.schema.json": _schema(HostFile),
         "config.schema.json": _schema(AgentConfig),
         "status.schema.json": _schema(Status),
         "mysql.sql": resources.files("reconciler").joinpath("sql/mysql.sql").read_text(encoding="utf-8"),

@@ -63,6 +63,23 @@ class Snapshot:
     commit: CommitInfo | None = None
     _repo: pygit2.Repository | None = field(default=None, repr=False, compare=False)
 
+    def superseded_by(self, other: str, ref: str) -> bool:
+        """Whether commit ``other`` is newer than this revision on ``ref`` as it is now.
+
+        True when ``other`` descends from this revision and ``ref`` is at ``other`` or past it; a
+        branch reset to an older commit (a rollback by force-push) leaves ``other`` off the branch,
+        so it no longer supersedes anything. False when anything is unknown.
+        """
+        if self._repo is None or self.revision is None:
+            return False
+        try:
+            head = str(self._repo.revparse_single(ref).peel(pygit2.Commit).id)
+            if not self._repo.descendant_of(other, self.revision):
+                return False
+            return head == other or bool(self._repo.descendant_of(head, other))
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
+
     def read(self, path: str) -> bytes:
         """Content of a file entry."""
         entry = self.entries[path]

@@ -23,6 +23,7 @@ class AgentState(StrEnum):
     FAILED = "failed"  # the branch head was rejected or rolled back; waits for the branch to move
     DEGRADED = "degraded"  # a temporary error (database down, fetch failed) or a host fault (a secret
     # missing, see missing_secrets): retried with backoff, or when the host changes
+    WAITING = "waiting"  # a fleet host holding the head until the hosts of lower waves have it (waiting_for)
 
 
 class AttemptResult(StrEnum):
@@ -101,3 +102,29 @@ class Status(_Doc):
         description="secrets of [secrets].dir the head waits for (missing or unsafe); it applies once they are fixed",
     )
     updated_at: datetime | None = None
+    host: str = Field(default="", description="this host's name in the fleet ([host].name)")
+    waiting_for: list[str] = Field(
+        default_factory=list, description="state waiting: the lower-wave hosts this host waits for"
+    )
+    waiting_reason: str | None = Field(default=None, description="state waiting: why, in words")
+
+
+class FleetHost(_Doc):
+    """One host of the fleet as its ``reconciler_hosts`` row says (an element of ``GET /fleet``)."""
+
+    name: str
+    wave: int
+    applied_revision: str | None = Field(description="the revision the host's files are at")
+    state: str = Field(description="the host's agent state as it last reported it")
+    last_seen: datetime = Field(description="when the host last reported (UTC)")
+    error: str | None = Field(default=None, description="the host's last error, if any")
+    head_revision: str | None = Field(default=None, description="the branch head as the host last read it")
+    failed_revision: str | None = Field(default=None, description="the revision that failed on this host")
+    waiting_for: list[str] = Field(default_factory=list, description="state waiting: the hosts it waits for")
+    stale: bool = Field(default=False, description="not seen for [fleet].host_timeout: it no longer holds later waves")
+
+
+class Fleet(_Doc):
+    """``GET /fleet`` and ``reconciler status --fleet --format json``: every host of the fleet."""
+
+    hosts: list[FleetHost] = Field(default_factory=list)

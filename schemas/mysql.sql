@@ -40,6 +40,26 @@ CREATE TABLE IF NOT EXISTS reconciler_state (
   PRIMARY KEY (name)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
+-- One row per mail host of a fleet (SPEC section 6), written by that host's agent: its wave (from its
+-- hosts/<name>.yaml), the revision its files are at (written in the apply's own transaction, with
+-- the apply id that crash recovery looks for), its state, when it was last seen (UTC, the database
+-- node's clock), its last error, and the revision it failed, if any. Read by GET /fleet,
+-- `reconciler status --fleet` and the agents' wave checks. Each host writes only its own row, so
+-- hosts applying at the same time never conflict on it.
+CREATE TABLE IF NOT EXISTS reconciler_hosts (
+  name VARCHAR(63) NOT NULL,
+  wave INT NOT NULL DEFAULT 0,
+  applied_revision VARCHAR(64) NOT NULL DEFAULT '',
+  head_revision VARCHAR(64) NOT NULL DEFAULT '',
+  state VARCHAR(32) NOT NULL DEFAULT '',
+  last_seen DATETIME(6) NOT NULL,
+  last_error TEXT NULL,
+  failed_revision VARCHAR(64) NOT NULL DEFAULT '',
+  waiting_for TEXT NULL,
+  last_apply_id VARCHAR(64) NOT NULL DEFAULT '',
+  PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
 -- Per-domain digests of the rows, kept current by triggers, so that `diff` and `apply` learn which
 -- domains changed by reading one row per domain instead of hashing every row. A digest is
 -- (count, XOR of the first 64 bits of MD5(email NUL password)) for users and the same over

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,43 @@ def mailhost(mariadb: MariaDB, postfix_instance: PostfixFactory, tmp_path: Path)
     host = MailHost.create(tmp_path, mariadb, instance)
     assert host.cli("init-db").returncode == 0
     yield host
+
+
+@pytest.fixture(scope="session")
+def galera(postfix_tools_available: dict[str, str]) -> Iterator[object]:
+    """A private three-node MariaDB Galera cluster for the session (reconciler.galera, ~15 s to start)."""
+    from reconciler.galera import remove, start_galera
+
+    cluster = start_galera()
+    try:
+        yield cluster
+    finally:
+        remove(cluster)
+
+
+@pytest.fixture
+def fleet(galera: object, postfix_instance: PostfixFactory, tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Factory of a fleet (tests/fleethost.py): ``fleet({"mx1": 0, "mx2": 1})``, agents not started."""
+    from fleethost import make_fleet, reset_cluster_database
+
+    made: list[Any] = []
+
+    def make(waves: dict[str, int], *, host_timeout: int = 600) -> object:
+        galera.wait_synced()  # type: ignore[attr-defined]
+        reset_cluster_database(galera)  # type: ignore[arg-type]
+        instances = [postfix_instance() for _ in waves]
+        built = make_fleet(tmp_path, galera, instances, waves, host_timeout=host_timeout)  # type: ignore[arg-type]
+        made.append(built)
+        first = next(iter(built.hosts.values()))
+        res = first.cli("init-db")
+        assert res.returncode == 0, res.stderr
+        return built
+
+    try:
+        yield make
+    finally:
+        for built in made:
+            built.stop()
+            for host in built.hosts.values():
+                print(f"--- agent {host.name} (last lines)")
+                print("".join(host.log_lines[-40:]))

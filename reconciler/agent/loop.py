@@ -7,7 +7,12 @@ progress runs to its end, then the loop returns). Watchers, API handlers and tim
 - the branch head moved (or ``POST /sync``): ``engine.apply`` of the head (``engine.diff`` in a dry run);
 - the head did not move (drift timer, config-dir event, start-up, retry): ``engine.diff``; when it
   finds changes, they are drift: reverted by ``engine.apply`` with ``self_heal``, else reported;
-- the head already failed: nothing, until the branch moves on (the engine would refuse it anyway).
+- the head already failed: nothing, until the branch moves on (the engine would refuse it anyway);
+- in a fleet, a head whose lower waves have not applied it yet: nothing but ``waiting`` (with the
+  hosts waited for), checked again every ``[fleet].poll_interval`` (``engine.wave_gate``).
+
+After every change of state (and at least once a reconcile, the fleet's heartbeat) the agent
+reports itself in ``reconciler_hosts`` (``fleet.report``), which other hosts' wave checks read.
 
 Errors are classified once (``reconciler.outcome.classify``): temporary ones set ``degraded`` and
 retry with exponential backoff and jitter; the host's (a missing secret) set ``degraded`` naming the
@@ -19,6 +24,7 @@ under a lock for the API thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -45,13 +51,15 @@ from reconciler.agent.source import BranchSource
 from reconciler.agent.triggers import Reason, Triggers
 from reconciler.agent.watchers import ConfigWatcher, DirWatcher, RefWatcher
 from reconciler.apply import ApplyFailed
+from reconciler.db import connect
 from reconciler.errors import Fault
+from reconciler.fleet import Report, WaveCheck, read_fleet, report
 from reconciler.models import AgentConfig
 from reconciler.plan import Kind, Plan
 from reconciler.render import plan_json
 from reconciler.source_remote import public_url
 from reconciler.state import StateDir
-from reconciler.status import AgentState, Attempt, AttemptResult, DriftItem, HeadCommit, Status
+from reconciler.status import AgentState, Attempt, AttemptResult, DriftItem, Fleet, HeadCommit, Status
 
 log = structlog.get_logger("reconciler.agent")
 
@@ -163,6 +171,10 @@ class Agent:
         self._last_full_scan = float("-inf")  # monotonic time of the last row check hashing every row
         self._running = False
         self._stop_reason = ""
+        self.host_name = cfg.host.resolved()
+        self._wave = 0  # from this host's hosts/<name>.yaml in the head, once read
+        self._waiting: WaveCheck | None = None  # set while state is waiting
+        self._reports = 0  # fleet reports sent; a reconcile that sent none sends a heartbeat
         self.metrics = Metrics(lambda: self._head_moved_at)
         self.notifier = Notifier(cfg, redact=self.redact, count=self._count_notification)
 
@@ -192,7 +204,14 @@ class Agent:
                 next_retry_at=self._next_retry_at,
                 missing_secrets=list(self._missing_secrets),
                 updated_at=_now(),
+                host=self.host_name,
+                waiting_for=list(self._waiting.waiting_for) if self._waiting else [],
+                waiting_reason=self._waiting.reason if self._waiting else None,
             )
+
+    def fleet(self) -> Fleet:
+        """The fleet document (``GET /fleet``), read from the database now."""
+        return read_fleet(self.cfg)
 
     def pending_plan_json(self) -> str | None:
         """The pending plan (``diff --format json``), None when there is none (see ``plan_error``)."""
@@ -307,6 +326,14 @@ class Agent:
     def reconcile(self, reasons: set[Reason]) -> None:
         """One attempt for the coalesced ``reasons``."""
         run = _Run(uuid.uuid4().hex[:12], _trigger_name(reasons), time.monotonic(), _now())
+        reports = self._reports
+        try:
+            self._reconcile(reasons, run)
+        finally:
+            if self._reports == reports:
+                self._report(self.status())  # the heartbeat: last_seen moves on every reconcile
+
+    def _reconcile(self, reasons: set[Reason], run: _Run) -> None:
         with bound_contextvars(run_id=run.run_id, trigger=run.trigger):
             fetched = False
             try:
@@ -356,6 +383,20 @@ class Agent:
         head_moved = head != self._synced
         if not head_moved and not reasons & CHECK_REASONS:
             return  # a ref write that did not move the branch, or a poll that fetched nothing new
+        if head_moved and not self.dry_run:
+            try:
+                gate = engine.wave_gate(self.source.engine_config, head)
+            except Exception as exc:
+                self._failed_attempt(classify(exc), replace(run, revision=head), planned_changes=0)
+                return
+            if gate is not None:
+                self._wave = gate[0]
+                if not gate[1].ready:
+                    self._wait(gate[1])
+                    return
+        if self._waiting is not None:
+            with self._lock:
+                self._waiting = None
         meta = self.source.commit_meta(head)
         run = replace(run, revision=head, subject=meta.subject, author=meta.author)
         cfg = self.source.engine_config
@@ -417,6 +458,52 @@ class Agent:
             seconds=attempt.duration,
             state=AgentState.SYNCED.value,
         )
+
+    def _wait(self, check: WaveCheck) -> None:
+        """Hold the head: lower waves do not have it applied and healthy yet (state ``waiting``)."""
+        with self._lock:
+            changed = self._state is not AgentState.WAITING or self._waiting != check
+            self._state = AgentState.WAITING
+            self._waiting = check
+            self._failures, self._next_retry_at = 0, None
+        self.triggers.cancel(Reason.RETRY)
+        self.triggers.schedule(Reason.WAVE, self.cfg.fleet.poll_interval)
+        if changed:
+            log.info("reconcile.waiting", waiting_for=list(check.waiting_for), reason=check.reason)
+            self._publish()
+
+    def _report(self, status: Status) -> None:
+        """Tell the fleet where this host stands (its ``reconciler_hosts`` row); never fails the loop."""
+        if self.dry_run:
+            return
+        self._reports += 1
+        last = status.last_attempt
+        failed = status.head_revision if status.state is AgentState.FAILED else None
+        error = last.error if last is not None and status.state in (AgentState.FAILED, AgentState.DEGRADED) else None
+        if status.state is AgentState.WAITING:
+            error = status.waiting_reason
+        row = Report(
+            host=self.host_name,
+            wave=self._wave,
+            state=status.state.value,
+            applied_revision=status.applied_revision,
+            head_revision=status.head_revision,
+            error=error,
+            failed_revision=failed,
+            waiting_for=tuple(status.waiting_for),
+        )
+        try:
+            conn = connect(self.cfg.mysql, autocommit=True)
+        except Exception as exc:
+            log.debug("fleet.report_failed", error=str(exc))
+            return
+        try:
+            report(conn, row)
+        except Exception as exc:
+            log.debug("fleet.report_failed", error=str(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _planned(self, head: str, head_moved: bool, plan: Plan, run: _Run) -> None:
         """A plan that is not applied: in sync, drift reported (no self-heal), or a dry run."""
@@ -594,3 +681,4 @@ class Agent:
                 self.records.write_status(status)
             except OSError as exc:
                 log.warning("status.write_failed", error=str(exc))
+        self._report(status)

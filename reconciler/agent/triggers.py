@@ -26,6 +26,7 @@ class Reason(StrEnum):
     DRIFT_TIMER = "drift_timer"  # periodic check of the rows (and files)
     RETRY = "retry"  # backoff after a temporary error (or the slow retry of a host fault)
     SECRETS = "secrets"  # a file of [secrets].dir changed: a host fault may be fixed, a secret rotated
+    WAVE = "wave"  # a fleet host waiting for lower waves checks them again
 
 
 DEBOUNCE_MAX = 2.0  # seconds: a continuous stream of events still triggers this often

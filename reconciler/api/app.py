@@ -11,6 +11,7 @@ status page for people (``reconciler.api.page``), with its script and style shee
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -24,7 +25,7 @@ from reconciler import __version__
 from reconciler.api.auth import bearer_ok, webhook_ok
 from reconciler.api.page import HEADERS, DiffCache, FleetCache, FleetSource, PageInput, Renderer
 from reconciler.api.page import etag as page_etag
-from reconciler.status import Status
+from reconciler.status import Fleet, Status
 
 MAX_BODY = 1024 * 1024
 log = structlog.get_logger("reconciler.api")
@@ -43,6 +44,8 @@ class AgentView(Protocol):
     def plan_error(self) -> str | None: ...
 
     def alive(self) -> bool: ...
+
+    def fleet(self) -> Fleet: ...
 
     def request(self, reason: str) -> None: ...
 
@@ -127,8 +130,9 @@ def create_app(
 ) -> FastAPI:
     """The application; ``token`` guards ``POST /sync``, ``webhook_secret`` guards ``POST /hooks/git``.
 
-    ``fleet`` returns the document ``GET /fleet`` serves (``{"hosts": [...]}``); the status page
-    shows its hosts when there are any.
+    ``fleet`` returns the document ``GET /fleet`` serves (``{"hosts": [...]}``; default: the view's
+    ``reconciler_hosts``, read at most every few seconds); the status page shows its hosts when
+    there are any.
     """
     app = FastAPI(
         title="postfix-reconciler agent",
@@ -146,14 +150,18 @@ def create_app(
 
     renderer = Renderer()
     diff_cache = DiffCache()
-    fleet_cache = FleetCache(fleet) if fleet is not None else None
+
+    def view_fleet() -> Mapping[str, Any]:
+        return view.fleet().model_dump(mode="json")  # the same document GET /fleet serves
+
+    fleet_cache = FleetCache(fleet if fleet is not None else view_fleet)
 
     def page_input() -> PageInput:
         pending = view.pending_plan_json()
         return PageInput(
             status=view.status(),
             pending=diff_cache.get(pending) if pending is not None else None,
-            fleet=fleet_cache.get() if fleet_cache is not None else None,
+            fleet=fleet_cache.get(),
             alive=view.alive(),
             token_required=token is not None,
         )
@@ -210,6 +218,14 @@ def create_app(
                 raise HTTPException(status_code=503, detail="no plan yet: the first reconcile is running")
             raise HTTPException(status_code=409, detail=f"no plan for the branch head: {error}")
         return Response(pending, media_type="application/json")
+
+    @app.get("/fleet", response_model=Fleet, responses={503: {"description": "the database cannot be read"}})
+    def fleet_document() -> Fleet:
+        """Every host of the fleet as ``reconciler_hosts`` says (SPEC 6), read from the database now."""
+        try:
+            return view.fleet()
+        except Exception as exc:
+            raise HTTPException(status_code=503, detail=f"cannot read the fleet: {exc}") from None
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     def metrics() -> Response:
