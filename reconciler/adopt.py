@@ -19,6 +19,7 @@ the mode the agent keeps such files in (0640, group postfix); each is said in a 
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from typing import Any
 import pymysql.cursors
 import structlog
 
-from reconciler.apply import _chgrp
 from reconciler.db import connect
 from reconciler.desired import POSTFIX_DIR, ROOTFS_DIR
 from reconciler.errors import PermanentError, Problem, ReconcilerError
@@ -213,7 +213,7 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
             _write_live_source(target, data, stamp_ns, target in found.tighten)
         for path in found.tighten:
             if path.exists():
-                _chgrp(path, SECRET_FILE_GROUP, SECRET_FILE_MODE)
+                _set_mode(path, SECRET_FILE_GROUP, SECRET_FILE_MODE)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -365,9 +365,18 @@ def _dotin_note(repo: str, dotin: Path, live: Path) -> str:
     )
 
 
-def _mode_of(path: Path) -> tuple[int, str]:
-    import grp
+def _set_mode(path: Path, group: str, mode: int) -> None:
+    """Group and mode as the applier sets them (owner root when running as root)."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        gid = 0
+    root = os.geteuid() == 0
+    os.chown(path, 0 if root else -1, gid if root else -1)
+    os.chmod(path, mode)
 
+
+def _mode_of(path: Path) -> tuple[int, str]:
     st = path.stat()
     try:
         group = grp.getgrgid(st.st_gid).gr_name
@@ -419,9 +428,6 @@ def _secret_map(data: bytes, live: Path, secrets: _Secrets) -> tuple[bytes, bool
     return b"\n".join(out), holds
 
 
-UNUSED_HINTS = ("dynamicmaps.cf", "postfix-files", "sasl", "main.cf.proto", "master.cf.proto", "Makefile")
-
-
 def _note_unused(config_dir: Path, found: _Plan) -> None:
     imported = {str(f.origin) for f in found.files.values()} | {str(f.live) for f in found.files.values()}
     left: list[str] = []
@@ -449,9 +455,9 @@ def _write_live_source(target: Path, data: bytes, stamp_ns: int, holds_secret: b
     finally:
         os.close(fd)
     if holds_secret:
-        _chgrp(tmp, SECRET_FILE_GROUP, SECRET_FILE_MODE)
+        _set_mode(tmp, SECRET_FILE_GROUP, SECRET_FILE_MODE)
     else:
-        _chgrp(tmp, "root", 0o644)
+        _set_mode(tmp, "root", 0o644)
     os.utime(tmp, ns=(stamp_ns, stamp_ns))  # exact: a source one ns newer than its table is stale
     os.replace(tmp, target)
 
@@ -741,16 +747,3 @@ def _git_commit(repo: Path, branch: str, config_dir: Path) -> str:
     git("-c", "core.looseCompression=0", "add", "-A")
     git("commit", "-q", "-m", f"Import of {host} ({config_dir} and the mail database)")
     return git("rev-parse", "HEAD")
-
-
-def print_lines(result: ImportResult) -> Mapping[str, Any]:
-    """The summary the CLI prints (no secret values: names only)."""
-    return {
-        "out": str(result.out),
-        "commit": result.commit,
-        "files": result.files,
-        "domains": result.domains,
-        "mailboxes": result.mailboxes,
-        "aliases": result.aliases,
-        "new_secrets": result.secrets,
-    }

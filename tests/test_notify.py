@@ -39,7 +39,7 @@ EVENT_KEYS = {
     "host", "revision", "subject", "author", "trigger", "result", "failed_step", "error", "changes",
     "started_at", "finished_at",
 }  # fmt: skip
-HOST = socket.gethostname().split(".")[0]
+HOST = "mx-notify"  # [host].name: the context is reconciler/<host>
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,11 @@ def _notify(host: MailHost, tmp_path: Path, receiver_url: str, forge: str, **ext
     }
 
 
+def _name(host: MailHost) -> None:
+    """Give the host its [host].name, the <host> of the context reconciler/<host>."""
+    host.config.write_text(host.config.read_text() + f'\n[host]\nname = "{HOST}"\n')
+
+
 def _no_secret_in(requests: list[Received], host: MailHost) -> None:
     secrets = [RELAY_SECRET, FORGE_TOKEN, EVENT_SECRET, host.db.reconciler_password]
     for r in requests:
@@ -157,6 +162,7 @@ def test_github_statuses_and_signed_webhook_for_an_apply(
     """An apply sets the GitHub status pending then success with an HMAC-signed 'applied' event; a rejected push, failure."""
     host = mailhost
     configure(host, notify=_notify(host, tmp_path, receiver.url, "github", status_url="https://status.example.net/mx"))
+    _name(host)
     sha = host.git("rev-parse", "HEAD")
     agent = RunningAgent(host)
     try:
@@ -209,7 +215,7 @@ def test_rolled_back_apply_reports_failure_with_its_step(
 ) -> None:
     """A rolled-back apply sets GitLab's status 'failed' naming the step, and the event carries failed_step."""
     host = mailhost
-    configure(host, notify=_notify(host, tmp_path, receiver.url, "gitlab"))
+    configure(host, notify=_notify(host, tmp_path, receiver.url, "gitlab"))  # no [host].name: the short hostname
     sha = host.git("rev-parse", "HEAD")
     agent = RunningAgent(host, env={"RECONCILER_TEST_FAIL_AT": "check"})
     try:
@@ -223,7 +229,7 @@ def test_rolled_back_apply_reports_failure_with_its_step(
             assert r.headers["private-token"] == FORGE_TOKEN
             assert "authorization" not in r.headers
             assert set(r.json()) == {"state", "name", "description", "target_url"}
-            assert r.json()["name"] == f"reconciler/{HOST}"
+            assert r.json()["name"] == f"reconciler/{socket.gethostname().split('.')[0].lower()}"
             assert r.json()["target_url"] == f"http://127.0.0.1:{host.api_port}/"  # type: ignore[attr-defined]
         assert pending.json()["state"] == "pending" and failed.json()["state"] == "failed"
         assert failed.json()["description"].startswith("failed at check, rolled back: ")
@@ -243,6 +249,7 @@ def test_receiver_down_delays_no_apply(mailhost: MailHost, tmp_path: Path) -> No
         notify = _notify(host, tmp_path, hanging.url, "gitea")
         notify["webhook_url"] = f"{dead}/events"
         configure(host, notify=notify)
+        _name(host)
         sha = host.git("rev-parse", "HEAD")
         agent = RunningAgent(host)
         try:

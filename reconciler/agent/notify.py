@@ -31,7 +31,6 @@ import hmac
 import json
 import queue
 import random
-import socket
 import threading
 import time
 import urllib.error
@@ -97,12 +96,6 @@ FORGE_STATES: dict[Forge, dict[CommitState, str]] = {
         CommitState.ERROR: "failed",
     },
 }
-
-
-def default_host_name() -> str:
-    """This host's short name, the ``<host>`` of ``reconciler/<host>``."""
-    # One place to replace by [host].name once the configuration has it.
-    return socket.gethostname().split(".")[0] or "localhost"
 
 
 def status_page_url(cfg: AgentConfig) -> str:
@@ -251,7 +244,7 @@ class Notifier:
         timeout: float = TIMEOUT,
     ) -> None:
         self.cfg = cfg.notify
-        self.host = host or default_host_name()
+        self.host = host or cfg.host.resolved()  # [host].name, else the short hostname
         self.context = f"reconciler/{self.host}"
         self.target_url = status_page_url(cfg)
         self.forge = Forge(self.cfg.commit_status) if self.cfg.commit_status else None
