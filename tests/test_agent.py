@@ -140,7 +140,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, agent: Ru
 
 
 class NotifySocket:
-    """A stand-in for systemd's notify socket: collects the agent's sd_notify datagrams."""
+    """A stand-in for systemd's notify socket: collects the agent's sd_notify datagrams as they come.
+
+    It reads continuously, as systemd does: a datagram socket queues only net.unix.max_dgram_qlen
+    (often 10) unread messages.
+    """
 
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="notify-", dir="/tmp")
@@ -148,15 +152,27 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.sock.settimeout(0.2)
+        self._messages: list[str] = []
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._messages.extend(self.sock.recv(4096).decode().split("\n"))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
 
     def close(self) -> list[str]:
-        out: list[str] = []
-        with contextlib.suppress(OSError):
-            while True:
-                out.extend(self.sock.recv(4096).decode().split("\n"))
+        time.sleep(0.3)  # the last datagrams in flight
+        self._closing.set()
+        self._reader.join(timeout=5)
         self.sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-        return out
+        return list(self._messages)
 
 
 def configure(host: MailHost, **sections: dict[str, Any]) -> None:

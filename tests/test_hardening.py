@@ -7,6 +7,8 @@ secret that the host (not the revision) must fix, and state files truncated as b
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,3 +251,27 @@ def test_torn_history_is_started_afresh(tmp_path: Path) -> None:
         assert records.history() == []
     assert [e["event"] for e in logs] == ["history.unreadable"]
     assert (tmp_path / "history.json.corrupt").exists()
+
+
+def test_sd_notify_never_blocks_the_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notify socket nobody reads fills up (max_dgram_qlen); a notification then gives up after 1 s, not forever."""
+    import socket
+    import time
+
+    from reconciler.agent import systemd
+
+    path = tempfile.mkdtemp(prefix="nfy-", dir="/tmp") + "/s"  # short: AF_UNIX paths fit 108 bytes
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    try:
+        sent = 0
+        while systemd.notify("WATCHDOG=1") and sent < 10_000:
+            sent += 1
+        started = time.monotonic()
+        assert systemd.notify("STATUS=still here") is False  # the queue is full, nobody reads
+        assert time.monotonic() - started < systemd.SEND_TIMEOUT + 0.5
+        assert sent < 10_000
+    finally:
+        receiver.close()
+        shutil.rmtree(Path(path).parent, ignore_errors=True)

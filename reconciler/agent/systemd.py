@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import socket
 
+SEND_TIMEOUT = 1.0  # seconds a notification may wait for room in the receiver's queue
+
 
 def notify(*fields: str) -> bool:
     """Send ``fields`` (e.g. ``"READY=1"``) to systemd; False when there is no one to tell."""
@@ -19,9 +21,12 @@ def notify(*fields: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # A reader that falls behind fills its queue (net.unix.max_dgram_qlen, often 10
+            # datagrams) and a blocking send would then stop the reconcile loop: wait 1 s at most.
+            sock.settimeout(SEND_TIMEOUT)
             sock.connect(address)
             sock.sendall("\n".join(fields).encode())
-    except OSError:
+    except OSError:  # includes the timeout: the message is dropped, the agent goes on
         return False
     return True
 
