@@ -268,10 +268,12 @@ def host_specs(snapshot: Snapshot) -> tuple[dict[str, HostSpec], list[Problem]]:
             if model is not None:
                 models[model.host] = (path, model)
             continue
-        if len(parts) == 4 and parts[2] == "postfix":
-            name = parts[3]
-            if not _SAFE_NAME.match(name) or name.endswith(_GENERATED_SUFFIXES):
-                problems.append(Problem(path, None, f"unexpected file name {name!r} in a host's postfix/"))
+        if len(parts) >= 4 and parts[2] == "postfix":
+            # The same shapes as postfix/ itself, subdirectories included (postfix/sql/...).
+            name = "/".join(parts[3:])
+            shape = _shape_problem(POSTFIX_DIR + name)
+            if shape:
+                problems.append(Problem(path, None, shape))
                 continue
             data = snapshot.read(path)
             text_problem = text_problems(path, data)

@@ -79,6 +79,25 @@ def test_host_tree_applies_only_to_its_host(tmp_path: Path) -> None:
     assert unknown.host is None and unknown.files["main.cf"].template == shared
 
 
+def test_host_replacements_in_subdirectories(tmp_path: Path) -> None:
+    """A host replaces a file of a postfix/ subdirectory at the same path; a bad directory name is refused."""
+    repo = fleet_repo(tmp_path)
+    (repo / "postfix" / "maps").mkdir()
+    (repo / "postfix" / "maps" / "helo_access").write_text("shared.example REJECT\n")
+    (repo / "hosts" / "mx2" / "postfix" / "maps").mkdir()
+    (repo / "hosts" / "mx2" / "postfix" / "maps" / "helo_access").write_text("mx2.example REJECT\n")
+    mx2, problems = build_desired(open_snapshot(repo), host="mx2")
+    assert problems == []
+    assert mx2.files["maps/helo_access"].template == b"mx2.example REJECT\n"
+    assert mx2.shared_files["maps/helo_access"].template == b"shared.example REJECT\n"
+    (repo / "hosts" / "mx2" / "postfix" / "bad dir").mkdir()
+    (repo / "hosts" / "mx2" / "postfix" / "bad dir" / "x").write_text("a b\n")
+    _, problems = build_desired(open_snapshot(repo), host="mx2")
+    assert [str(p) for p in problems] == [
+        "hosts/mx2/postfix/bad dir/x: unexpected directory name 'bad dir': use letters, digits, '.', '_', '+' and '-'"
+    ]
+
+
 def test_bad_host_files_are_refused_with_file_and_line(tmp_path: Path) -> None:
     """Wrong name, unknown key, bad wave and replacements without a host file name their file and line."""
     repo = fleet_repo(tmp_path)
