@@ -57,6 +57,7 @@ BARE="$(sed -n 's/^url = "\(.*\)"$/\1/p' "$SANDBOX_DIR/config.toml")"
 cat <<EOT
 
 Sandbox ready: private MariaDB and Postfix under $SANDBOX_DIR, agent running (pid $(cat "$SANDBOX_DIR/agent.pid")).
+  page:     http://$LISTEN/          (the status page: open it in a browser, it follows pushes live)
   status:   $STATUS_URL     (also: .venv/bin/reconciler --config $SANDBOX_DIR/config.toml status)
   diff:     http://$LISTEN/diff      metrics: http://$LISTEN/metrics
   agent log: $SANDBOX_DIR/agent.log
