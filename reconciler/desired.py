@@ -216,15 +216,11 @@ def build_desired(
         if in_domains:
             to_parse.append((path, entry.blob_id, entry.size))  # read, checked and parsed in _parse_all
             continue
-        data = snapshot.read(path)
-        text_problem = text_problems(path, data)
-        if text_problem:
-            problems.extend(text_problem)
-            continue
         name = live if in_rootfs else path[len(POSTFIX_DIR) :]
-        secrets, secret_problems = secret_refs(path, data.decode("utf-8"))
-        problems.extend(secret_problems)
-        files[name] = DesiredFile(name, entry.blob_id, data, secrets)
+        desired_file, file_problems = _read_file(snapshot, path, name, entry.blob_id)
+        problems.extend(file_problems)
+        if desired_file is not None:
+            files[name] = desired_file
     rows_dir = str(cache.rows_dir()) if cache is not None and to_parse else None
     for path, blob_id, (parse_problems, parsed) in zip(
         [p for p, _, _ in to_parse], [b for _, b, _ in to_parse], _parse_all(snapshot, to_parse, rows_dir), strict=True
@@ -275,14 +271,10 @@ def host_specs(snapshot: Snapshot) -> tuple[dict[str, HostSpec], list[Problem]]:
             if shape:
                 problems.append(Problem(path, None, shape))
                 continue
-            data = snapshot.read(path)
-            text_problem = text_problems(path, data)
-            if text_problem:
-                problems.extend(text_problem)
-                continue
-            secrets, secret_problems = secret_refs(path, data.decode("utf-8"))
-            problems.extend(secret_problems)
-            replacements.setdefault(parts[1], {})[name] = DesiredFile(name, entry.blob_id, data, secrets)
+            desired_file, file_problems = _read_file(snapshot, path, name, entry.blob_id)
+            problems.extend(file_problems)
+            if desired_file is not None:
+                replacements.setdefault(parts[1], {})[name] = desired_file
             continue
         problems.append(
             Problem(path, None, "unexpected path: hosts/ holds <name>.yaml and <name>/postfix/<file> replacements")
@@ -295,6 +287,16 @@ def host_specs(snapshot: Snapshot) -> tuple[dict[str, HostSpec], list[Problem]]:
         for name, (path, model) in models.items()
     }
     return hosts, problems
+
+
+def _read_file(snapshot: Snapshot, path: str, name: str, blob_id: str) -> tuple[DesiredFile | None, list[Problem]]:
+    """A managed file (``postfix/``, ``rootfs/`` or a host's replacement): text checks, secret refs."""
+    data = snapshot.read(path)
+    problems = text_problems(path, data)
+    if problems:
+        return None, problems
+    secrets, secret_problems = secret_refs(path, data.decode("utf-8"))
+    return DesiredFile(name, blob_id, data, secrets), secret_problems
 
 
 def host_tree(files: Mapping[str, DesiredFile], host: HostSpec) -> dict[str, DesiredFile]:
