@@ -19,6 +19,8 @@ from reconciler.errors import TemporaryError
 from reconciler.models import MysqlConfig
 
 SCHEMA_VERSION = "4"
+# An open connection to the agent's database, as every stage that reads or writes rows takes it.
+Connection = pymysql.connections.Connection[pymysql.cursors.Cursor]
 log = structlog.get_logger("reconciler.db")
 
 
@@ -48,7 +50,7 @@ def read_password(path: str) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def connect(cfg: MysqlConfig, *, autocommit: bool = False) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
+def connect(cfg: MysqlConfig, *, autocommit: bool = False) -> Connection:
     """Open a connection to the first server of ``[mysql].host`` that answers (a list is tried in order).
 
     An unreachable database (every server down) is a ``TemporaryError`` (retry with backoff). A
