@@ -1,6 +1,7 @@
 -- Tables of SPEC section 2, as the Postfix lookup queries of example-repo read them.
--- Idempotent: `reconciler init-db` runs this on every start; `schemas/mysql.sql` is a copy (a test
--- keeps them equal). Collation is case-insensitive because Postfix folds lookup keys to lower case
+-- The one source of truth for the schema: `reconciler init-db` runs this file (idempotent) on every
+-- start, and `schemas/mysql.sql`, the published copy SPEC section 2 names, is generated from it by
+-- `python -m reconciler.schemagen` (tests/test_schemas.py fails when it is stale). Collation is case-insensitive because Postfix folds lookup keys to lower case
 -- and mail addresses are compared case-insensitively in practice; the UNIQUE keys follow suit.
 
 CREATE TABLE IF NOT EXISTS virtual_domains (
