@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pymysql
 import pymysql.connections
@@ -20,7 +20,11 @@ from reconciler.models import MysqlConfig
 
 SCHEMA_VERSION = "4"
 # An open connection to the agent's database, as every stage that reads or writes rows takes it.
-Connection = pymysql.connections.Connection[pymysql.cursors.Cursor]
+# (pymysql's class is generic only in its type stubs: subscripted for the type checker alone.)
+if TYPE_CHECKING:
+    Connection: TypeAlias = pymysql.connections.Connection[pymysql.cursors.Cursor]
+else:
+    Connection = pymysql.connections.Connection
 log = structlog.get_logger("reconciler.db")
 
 

@@ -72,26 +72,21 @@ class _Handler(FileSystemEventHandler):
         self._callback(event)
 
 
-class RefWatcher:
-    """Calls ``on_move`` whenever ``refs/heads/<branch>`` or ``packed-refs`` of the repository is written."""
+class _Watcher:
+    """One watchdog observer: subclasses say what to watch (``_schedule``) and how events are read."""
 
-    def __init__(self, repo_path: Path, branch: str, on_move: Callable[[], None]) -> None:
-        self.common_dir = git_common_dir(repo_path)
-        self.ref_path = str(self.common_dir / "refs" / "heads" / branch)
-        self.packed_refs = str(self.common_dir / "packed-refs")
-        self._on_move = on_move
+    def __init__(self) -> None:
         self._observer = Observer()
 
-    def _event(self, event: FileSystemEvent) -> None:
-        if any(p in (self.ref_path, self.packed_refs) for p in _paths(event)):
-            self._on_move()
+    def _schedule(self, path: Path, callback: Callable[[FileSystemEvent], None], *, recursive: bool) -> None:
+        self._observer.schedule(_Handler(callback), str(path), recursive=recursive, event_filter=WRITE_EVENTS)
+
+    def _watch(self) -> None:
+        """Schedule every watched path (called once, by ``start``)."""
+        raise NotImplementedError
 
     def start(self) -> None:
-        handler = _Handler(self._event)
-        heads = self.common_dir / "refs" / "heads"
-        heads.mkdir(parents=True, exist_ok=True)
-        self._observer.schedule(handler, str(heads), recursive=True, event_filter=WRITE_EVENTS)
-        self._observer.schedule(handler, str(self.common_dir), recursive=False, event_filter=WRITE_EVENTS)
+        self._watch()
         self._observer.daemon = True
         self._observer.start()
 
@@ -100,7 +95,28 @@ class RefWatcher:
         self._observer.join(timeout=5)
 
 
-class ConfigWatcher:
+class RefWatcher(_Watcher):
+    """Calls ``on_move`` whenever ``refs/heads/<branch>`` or ``packed-refs`` of the repository is written."""
+
+    def __init__(self, repo_path: Path, branch: str, on_move: Callable[[], None]) -> None:
+        self.common_dir = git_common_dir(repo_path)
+        self.ref_path = str(self.common_dir / "refs" / "heads" / branch)
+        self.packed_refs = str(self.common_dir / "packed-refs")
+        self._on_move = on_move
+        super().__init__()
+
+    def _event(self, event: FileSystemEvent) -> None:
+        if any(p in (self.ref_path, self.packed_refs) for p in _paths(event)):
+            self._on_move()
+
+    def _watch(self) -> None:
+        heads = self.common_dir / "refs" / "heads"
+        heads.mkdir(parents=True, exist_ok=True)
+        self._schedule(heads, self._event, recursive=True)
+        self._schedule(self.common_dir, self._event, recursive=False)
+
+
+class ConfigWatcher(_Watcher):
     """Calls ``on_drift`` when a managed file (or a built table of one) changes outside an apply."""
 
     def __init__(self, config_dir: Path, on_drift: Callable[[], None]) -> None:
@@ -110,7 +126,7 @@ class ConfigWatcher:
         self._lock = threading.Lock()
         self._applying = False
         self._missed = False
-        self._observer = Observer()
+        super().__init__()
 
     def set_managed(self, names: Iterable[str]) -> None:
         """The file names the agent manages (from the inventory); their built tables count too."""
@@ -151,33 +167,20 @@ class ConfigWatcher:
         if not active and missed:
             self._on_drift()
 
-    def start(self) -> None:
+    def _watch(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         # Recursive: managed files may live in subdirectories (postfix/sql/...). Outside tables
         # (rootfs/) are not watched; the periodic drift check covers them.
-        self._observer.schedule(_Handler(self._event), str(self.config_dir), recursive=True, event_filter=WRITE_EVENTS)
-        self._observer.daemon = True
-        self._observer.start()
-
-    def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        self._schedule(self.config_dir, self._event, recursive=True)
 
 
-class DirWatcher:
+class DirWatcher(_Watcher):
     """Calls ``on_change`` on any write to a file directly inside ``directory`` (which must exist)."""
 
     def __init__(self, directory: Path, on_change: Callable[[], None]) -> None:
         self.directory = directory
         self._on_change = on_change
-        self._observer = Observer()
+        super().__init__()
 
-    def start(self) -> None:
-        handler = _Handler(lambda _event: self._on_change())
-        self._observer.schedule(handler, str(self.directory), recursive=False, event_filter=WRITE_EVENTS)
-        self._observer.daemon = True
-        self._observer.start()
-
-    def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=5)
+    def _watch(self) -> None:
+        self._schedule(self.directory, lambda _event: self._on_change(), recursive=False)
