@@ -159,14 +159,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """
     import pymysql.err
 
-    from reconciler.apply import ApplyFailed
+    from reconciler.apply import ApplyFailed, Faults
     from reconciler.engine import apply
     from reconciler.errors import Fault, InvalidRevision
     from reconciler.outcome import classify
 
     cfg = read_config(args.config)
     try:
-        planned, result = apply(cfg, args.rev, retry_failed=args.rev is not None)
+        planned, result = apply(cfg, args.rev, retry_failed=args.rev is not None, faults=Faults.from_env(os.environ))
     except InvalidRevision as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -220,12 +220,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.api.app import create_app, wrap
     from reconciler.api.auth import read_credential
     from reconciler.api.server import ApiServer, bind
+    from reconciler.apply import Faults
 
     cfg = read_config(args.config)
     token = read_credential(cfg.api.token_file, "[api].token_file")
     webhook_secret = read_credential(cfg.api.webhook_secret_file, "[api].webhook_secret_file")
     sock = bind(cfg.api.listen, has_token=token is not None)
-    agent = Agent(cfg, dry_run=args.dry_run)
+    agent = Agent(cfg, dry_run=args.dry_run, faults=Faults.from_env(os.environ))
     app = create_app(agent, token=token, webhook_secret=webhook_secret, branch=cfg.source.branch)
     server = ApiServer(wrap(app), sock)
 

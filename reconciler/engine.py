@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from reconciler.apply import Applier, ApplyFailed, ApplyResult, host_lock, recover, repair_digests
+from reconciler.apply import NO_FAULTS, Applier, ApplyFailed, ApplyResult, Faults, host_lock, recover, repair_digests
 from reconciler.db import connect
 from reconciler.desired import HostSpec, host_specs
 from reconciler.errors import Fault, InvalidRevision, PermanentError, ReconcilerError, SourceError
@@ -240,11 +240,13 @@ def apply(
     retry_failed: bool = False,
     should_apply: Callable[[Planned], bool] | None = None,
     full_scan: bool = False,
+    faults: Faults = NO_FAULTS,
 ) -> tuple[Planned, ApplyResult]:
     """One transactional reconcile to ``rev`` (default: the branch head).
 
     ``should_apply`` sees the plan and may decline it (the agent's drift check without self-heal):
-    the very plan it saw is the one applied, nothing is recomputed in between.
+    the very plan it saw is the one applied, nothing is recomputed in between. ``faults`` are the
+    test hooks the entry point read from its environment (none by default).
     """
     snapshot = open_revision(cfg, rev)
     with session(cfg) as (state, conn):
@@ -279,6 +281,7 @@ def apply(
             reconnect=lambda: connect(cfg.mysql),
             # An explicit ``apply --rev`` may go back; the agent never writes rows back over newer ones.
             rows_newer=None if retry_failed else partial(snapshot.superseded_by, ref=f"refs/heads/{cfg.source.branch}"),
+            faults=faults,
         )
         try:
             result = applier.apply(planned.plan, postfix_running=planned.observed.postfix_running)

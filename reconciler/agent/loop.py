@@ -50,7 +50,7 @@ from reconciler.agent.redact import Redactor
 from reconciler.agent.source import BranchSource
 from reconciler.agent.triggers import Reason, Triggers
 from reconciler.agent.watchers import ConfigWatcher, DirWatcher, RefWatcher
-from reconciler.apply import ApplyFailed
+from reconciler.apply import NO_FAULTS, ApplyFailed, Faults
 from reconciler.db import connect
 from reconciler.errors import Fault
 from reconciler.fleet import Report, WaveCheck, read_fleet, report
@@ -139,9 +139,10 @@ class _Run:
 class Agent:
     """The long-running reconciler (see the module docstring); ``run`` blocks until ``stop``."""
 
-    def __init__(self, cfg: AgentConfig, *, dry_run: bool = False) -> None:
+    def __init__(self, cfg: AgentConfig, *, dry_run: bool = False, faults: Faults = NO_FAULTS) -> None:
         self.cfg = cfg
         self.dry_run = dry_run
+        self.faults = faults  # test hooks, read by the CLI from its environment, for every apply
         self.source = BranchSource(cfg)
         self.triggers = Triggers()
         self.redact = Redactor(cfg)
@@ -431,7 +432,9 @@ class Agent:
                 if full_scan:
                     self._last_full_scan = time.monotonic()
                     log.info("drift.full_scan")
-                planned, result = engine.apply(cfg, head, should_apply=should_apply, full_scan=full_scan)
+                planned, result = engine.apply(
+                    cfg, head, should_apply=should_apply, full_scan=full_scan, faults=self.faults
+                )
             finally:
                 self.config_watcher.applying(False)
                 self.config_watcher.set_managed(self.state_dir.read_inventory().files)
