@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import pymysql.cursors
 import pymysql.err
@@ -69,6 +70,26 @@ def repair_digests(conn: Connection) -> None:
     log.warning("digests.rebuilt", reason="reconciler_digest disagreed with the rows")
 
 
+@dataclass(frozen=True)
+class _Members:
+    """A table of rows that belong to a domain: the two columns of a new row and its INSERT."""
+
+    columns: tuple[str, str]
+    insert: str
+
+
+# Keyed by Table, looked up by a RowChange's table name (a Table hashes and compares as its name);
+# in the order their new rows are inserted.
+_MEMBERS: Mapping[str, _Members] = {
+    Table.USERS: _Members(
+        ("email", "password"), "INSERT INTO virtual_users (domain_id, email, password) VALUES (%s, %s, %s)"
+    ),
+    Table.ALIASES: _Members(
+        ("source", "destination"), "INSERT INTO virtual_aliases (domain_id, source, destination) VALUES (%s, %s, %s)"
+    ),
+}
+
+
 class RowWriter:
     """A plan's row changes written on the open transaction's cursor, in the order foreign keys need.
 
@@ -80,27 +101,31 @@ class RowWriter:
     def __init__(self, cur: Cursor) -> None:
         self.cur = cur
         self._domain_ids: dict[str, int] = {}
-        self._inserts: dict[Table, list[tuple[int, str, str]]] = {Table.USERS: [], Table.ALIASES: []}
-        # Keyed by Table, looked up by a RowChange's table name (a Table hashes and compares as its name).
-        self._members: dict[str, Callable[[RowChange], None]] = {Table.USERS: self._user, Table.ALIASES: self._alias}
+        self._inserts: dict[str, list[tuple[int, str, str]]] = {table: [] for table in _MEMBERS}
+        self._changes: dict[str, Callable[[RowChange], None]] = {Table.USERS: self._user, Table.ALIASES: self._alias}
 
     def write(self, changes: Sequence[RowChange]) -> None:
+        domains, create = Table.DOMAINS, Action.CREATE
         for c in changes:
-            if c.table == Table.DOMAINS:
+            if c.table == domains:
                 self._domain(c)
-        members = self._members
+        inserts, domain_id = self._inserts, self.domain_id
         for c in changes:
-            if c.table != Table.DOMAINS:
-                members[c.table](c)
-        self._insert(
-            "INSERT INTO virtual_users (domain_id, email, password) VALUES (%s, %s, %s)", self._inserts[Table.USERS]
-        )
-        self._insert(
-            "INSERT INTO virtual_aliases (domain_id, source, destination) VALUES (%s, %s, %s)",
-            self._inserts[Table.ALIASES],
-        )
+            if c.table == domains:
+                continue
+            after = c.after
+            if c.action is create and after is not None:
+                # The bulk of a large plan: one tuple per new row, no statement yet.
+                first, second = _MEMBERS[c.table].columns
+                inserts[c.table].append((domain_id(c.domain), after[first], after[second]))
+            else:
+                self._changes[c.table](c)
+        for table, members in _MEMBERS.items():
+            rows = inserts[table]
+            for start in range(0, len(rows), BATCH):
+                self.cur.executemany(members.insert, rows[start : start + BATCH])
         for c in changes:
-            if c.table == Table.DOMAINS and c.action is Action.DELETE:
+            if c.table == domains and c.action is Action.DELETE:
                 self.cur.execute("DELETE FROM virtual_domains WHERE name = %s", (_v(c.before, "name"),))
 
     def domain_id(self, name: str) -> int:
@@ -150,10 +175,6 @@ class RowWriter:
             self._inserts[Table.ALIASES].append(
                 (self.domain_id(c.domain), _v(c.after, "source"), _v(c.after, "destination"))
             )
-
-    def _insert(self, sql: str, rows: list[tuple[int, str, str]]) -> None:
-        for start in range(0, len(rows), BATCH):
-            self.cur.executemany(sql, rows[start : start + BATCH])
 
     def store_digests(self, plan: Plan) -> None:
         """After a bulk write (triggers idle): the touched domains' digests, as the plan knows them.
