@@ -1,7 +1,7 @@
 """Property tests of the plan stage: applying a plan to the observed state yields the desired state.
 
 A small pure executor stands in for ``apply``: files are set or removed, built tables rebuilt or
-removed, and rows changed by natural key exactly as the SQL of ``reconciler/apply.py`` does it
+removed, and rows changed by natural key exactly as the SQL of ``reconciler/apply/rows.py`` does it
 (comparisons under the case-insensitive collation of ``reconciler/sql/mysql.sql``, UNIQUE keys
 enforced, domain deletes cascading). The state is then observed again the way ``observed.observe``
 does (digests first, full rows only for differing domains) and planned again: nothing may be left.
