@@ -1,10 +1,9 @@
 """A private three-node MariaDB Galera cluster on loopback, for fleet tests and benchmarks.
 
-Role: a dev/test helper beside ``reconciler.sandbox`` (top layer; nothing in the pipeline imports
-it). Callers: ``tests/conftest.py`` (one session-scoped cluster shared by the fleet tests) and
-``bench/fleet.py``.
+Callers: ``tests/conftest.py`` (one session-scoped cluster shared by the fleet tests),
+``tests/fleethost.py`` and ``bench/fleet.py``.
 
-Each node is a ``sandbox.MariaDB`` of its own (datadir, port, socket, option file), so that
+Each node is a ``harness.mariadb.MariaDB`` of its own (datadir, port, socket, option file), so that
 ``start``, ``stop``, ``kill`` and ``connect`` work per node. Galera needs what the issue measured
 on Debian 12: ``wsrep_provider=/usr/lib/galera/libgalera_smm.so``, ``binlog_format=ROW``,
 ``innodb_autoinc_lock_mode=2``, one ``base_port`` per node (its IST port is ``base_port + 1``), an
@@ -27,17 +26,8 @@ from pathlib import Path
 
 import pymysql
 
-from reconciler.sandbox import (
-    AGENT_USER,
-    LOOKUP_USER,
-    MariaDB,
-    SandboxError,
-    _bootstrap,
-    _new_password,
-    _run,
-    find_tool,
-    free_port,
-)
+from harness.common import SandboxError, find_tool, free_port, run
+from harness.mariadb import AGENT_USER, LOOKUP_USER, MariaDB, bootstrap, new_password
 
 PROVIDER = "/usr/lib/galera/libgalera_smm.so"
 CLUSTER_NAME = "reconciler-test"
@@ -149,7 +139,7 @@ def start_galera(base: Path | None = None, size: int = 3, *, timeout: float = 90
 
     The directory must be reachable by the ``mysql`` user (pytest's tmp_path is not): the default
     is a fresh ``/tmp/reconciler-galera-*`` (mode 0711). Users and the database are those of
-    ``sandbox.start_mariadb``, created on the first node and replicated to the others.
+    ``harness.mariadb.start_mariadb``, created on the first node and replicated to the others.
     """
     if not Path(PROVIDER).is_file():
         raise SandboxError(f"{PROVIDER} not found: install Debian's galera-4 package")
@@ -164,7 +154,7 @@ def start_galera(base: Path | None = None, size: int = 3, *, timeout: float = 90
     gports = _free_ports(size, taken)
     sst_ports = _free_ports(size, taken)
     everyone = "gcomm://" + ",".join(f"127.0.0.1:{g}" for g in gports)
-    passwords = {"root": _new_password(), AGENT_USER: _new_password(), LOOKUP_USER: _new_password()}
+    passwords = {"root": new_password(), AGENT_USER: new_password(), LOOKUP_USER: new_password()}
     nodes: list[MariaDB] = []
     for i in range(size):
         node_dir = base / f"node{i + 1}"
@@ -182,7 +172,7 @@ def start_galera(base: Path | None = None, size: int = 3, *, timeout: float = 90
         nodes.append(node)
     cluster_obj = GaleraCluster(base, tuple(nodes))
     first = nodes[0]
-    _run(
+    run(
         [
             find_tool("mariadb-install-db"),
             f"--defaults-file={first.defaults_file}",
@@ -195,7 +185,7 @@ def start_galera(base: Path | None = None, size: int = 3, *, timeout: float = 90
     )
     try:
         first.start(timeout=timeout)
-        _bootstrap(first)
+        bootstrap(first)
         # From now on a restart of the first node joins the others instead of founding a new cluster.
         first.defaults_file.write_text(_options(first.base, ports[0], gports[0], sst_ports[0], everyone, 0))
         for node in nodes[1:]:
