@@ -1,7 +1,7 @@
 """Shared fixtures: a private MariaDB for the session and a fresh private Postfix per test.
 
-Both are real Debian services started by ``harness`` (harness.mariadb, harness.postfix) on loopback ports: MariaDB in
-pytest's temp directory, Postfix instances under a short world-searchable /tmp/reconciler-pf-*
+Both are real Debian services started by ``harness.mariadb`` and ``harness.postfix`` on loopback
+ports: MariaDB in pytest's temp directory, Postfix instances under a short world-searchable /tmp/reconciler-pf-*
 directory (see ``postfix_root``). A missing binary is a failure naming the package to install, never
 a skip: CI installs them with deploy/install-deps.sh, and a suite that silently skips its service
 tests proves nothing.
