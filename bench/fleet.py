@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/fleet.py [--pushes 10] [--waves 0,0,0] [--out bench/out/fleet.json]
 
-Starts ``reconciler.galera.start_galera``, three private Postfix instances and one ``reconciler
+Starts ``harness.galera.start_galera``, three private Postfix instances and one ``reconciler
 run`` agent per instance, all following one bare repository (the fleet of tests/fleethost.py:
 each host's MySQL lookups and its agent's first ``[mysql].host`` on its own Galera node). Then,
 ``--pushes`` times: commit one new mailbox, ``git push`` to the bare repository, and time from the
@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fleethost import make_fleet, new_base, reset_cluster_database  # noqa: E402
 
-from reconciler import galera, sandbox  # noqa: E402
+from harness.galera import remove, start_galera  # noqa: E402
+from harness.postfix import PostfixInstance, create_postfix_instance  # noqa: E402
 
 
 def main() -> int:
@@ -44,16 +45,16 @@ def main() -> int:
     args = parser.parse_args()
     waves = {f"mx{i + 1}": int(w) for i, w in enumerate(args.waves.split(","))}
     t0 = time.monotonic()
-    cluster = galera.start_galera()
+    cluster = start_galera()
     cluster_seconds = time.monotonic() - t0
     pf_root = Path(tempfile.mkdtemp(prefix="reconciler-pf-"))
     pf_root.chmod(0o711)
     base = new_base()
-    instances: list[sandbox.PostfixInstance] = []
+    instances: list[PostfixInstance] = []
     fleet = None
     try:
         for name in waves:
-            instance = sandbox.create_postfix_instance(pf_root / name)
+            instance = create_postfix_instance(pf_root / name)
             instance.start()
             instances.append(instance)
         reset_cluster_database(cluster)
@@ -105,7 +106,7 @@ def main() -> int:
             fleet.stop()
         for instance in instances:
             instance.stop()
-        galera.remove(cluster)
+        remove(cluster)
         shutil.rmtree(pf_root, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -39,13 +39,14 @@ bench = importlib.util.module_from_spec(_spec)
 sys.modules["bench_run"] = bench  # its dataclasses look their module up while being defined
 _loader.exec_module(bench)
 
-from reconciler import sandbox  # noqa: E402
+from harness.mariadb import start_mariadb  # noqa: E402
+from harness.postfix import create_postfix_instance  # noqa: E402
 
 
 def bench_size(size: int, root: Path, db: Any, args: argparse.Namespace) -> dict[str, Any]:
     base = root / f"n{size}"
     base.mkdir(mode=0o711)
-    postfix = sandbox.create_postfix_instance(base / "pf")
+    postfix = create_postfix_instance(base / "pf")
     try:
         host = bench.create_host(base, db, postfix)
         host.commit("postfix/ only")
@@ -137,7 +138,7 @@ def main() -> int:
         return 2
     root = Path(tempfile.mkdtemp(prefix="reconciler-bench-import-"))
     root.chmod(0o711)
-    db = sandbox.start_mariadb(root / "mariadb")
+    db = start_mariadb(root / "mariadb")
     results = []
     try:
         for size in (int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()):

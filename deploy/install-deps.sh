@@ -3,7 +3,7 @@
 # server and client, the tools the agent and its tests call, and the Python virtualenv in .venv.
 #
 # Called by deploy/test.sh (CI) and deploy/sandbox.sh. Tests and the sandbox run PRIVATE Postfix and
-# MariaDB instances (reconciler/sandbox.py), so the packages' own services are never needed: Postfix
+# MariaDB instances (harness/), so the packages' own services are never needed: Postfix
 # is preseeded to "No configuration" (no /etc/postfix/main.cf is written) and, where no
 # policy-rc.d exists, the packages are kept from starting their daemons while installing.
 # INSTALL_DEPS_FORCE_APT=1 runs apt-get even when every package is installed already.

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Local sandbox: a private MariaDB and a private Postfix instance on loopback ports under
 # $SANDBOX_DIR (default /tmp/reconciler-sandbox), and a bare git repository there holding a copy of
-# example-repo adapted to them (reconciler.sandbox.sandboxize_postfix_tree). It also writes an agent
+# example-repo adapted to them (harness.repo.sandboxize_postfix_tree). It also writes an agent
 # configuration (config.toml), the MySQL password file and the secrets dir, and creates the tables.
 #
 #   bash deploy/sandbox.sh                      # set up (again) and print what runs
-#   .venv/bin/python -m reconciler.sandbox status --dir /tmp/reconciler-sandbox
-#   .venv/bin/python -m reconciler.sandbox down --dir /tmp/reconciler-sandbox
+#   .venv/bin/python -m harness status --dir /tmp/reconciler-sandbox
+#   .venv/bin/python -m harness down --dir /tmp/reconciler-sandbox
 #
 # Needs root (Postfix's master runs as root). Nothing listens beyond 127.0.0.1 and the sandboxed
 # Postfix never delivers mail off this host (outbound mail waits in its queue).
@@ -23,7 +23,7 @@ echo "==> validating $REPO"
 .venv/bin/reconciler validate --repo "$REPO"
 
 echo "==> starting the sandbox in $SANDBOX_DIR"
-.venv/bin/python -m reconciler.sandbox up --dir "$SANDBOX_DIR" --repo "$REPO"
+.venv/bin/python -m harness up --dir "$SANDBOX_DIR" --repo "$REPO"
 
 echo "==> guarding the bare repository with the pre-receive hook (docs/push-checks.md)"
 bash deploy/install-pre-receive.sh "$(sed -n 's/^url = "\(.*\)"$/\1/p' "$SANDBOX_DIR/config.toml")" \
@@ -70,5 +70,5 @@ Push a change and watch it go live:
 A push the agent would reject (a typo in postfix/main.cf, a plaintext password) is refused by the
 repository's pre-receive hook, with each problem on the pusher's terminal.
 
-Stop everything: kill \$(cat $SANDBOX_DIR/agent.pid); .venv/bin/python -m reconciler.sandbox down --dir $SANDBOX_DIR
+Stop everything: kill \$(cat $SANDBOX_DIR/agent.pid); .venv/bin/python -m harness down --dir $SANDBOX_DIR
 EOT

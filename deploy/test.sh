@@ -2,7 +2,7 @@
 # The whole check, as CI runs it (.ci/run): dependencies, then lint, types, layer contract, tests.
 # Every step runs even after an earlier one failed, so one run shows every problem; the exit status
 # is non-zero when any step failed. Postfix and MariaDB are started by the tests themselves
-# (private instances on loopback, see reconciler/sandbox.py): no system service is needed.
+# (private instances on loopback, see harness/): no system service is needed.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,7 +1,7 @@
 """Shared fixtures: a private MariaDB for the session and a fresh private Postfix per test.
 
-Both are real Debian services started by ``reconciler.sandbox`` on loopback ports: MariaDB in
-pytest's temp directory, Postfix instances under a short world-searchable /tmp/reconciler-pf-*
+Both are real Debian services started by ``harness.mariadb`` and ``harness.postfix`` on loopback
+ports: MariaDB in pytest's temp directory, Postfix instances under a short world-searchable /tmp/reconciler-pf-*
 directory (see ``postfix_root``). A missing binary is a failure naming the package to install, never
 a skip: CI installs them with deploy/install-deps.sh, and a suite that silently skips its service
 tests proves nothing.
@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from reconciler import sandbox
-from reconciler.sandbox import MariaDB, PostfixInstance
+from harness.common import SandboxError, find_tool
+from harness.mariadb import MariaDB, start_mariadb
+from harness.postfix import PostfixInstance, cool_down, create_postfix_instance
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,8 +47,8 @@ def postfix_tools_available(tmp_path_factory: pytest.TempPathFactory) -> dict[st
     missing: list[str] = []
     for tool, package in REQUIRED_TOOLS.items():
         try:
-            found[tool] = sandbox.find_tool(tool)
-        except sandbox.SandboxError:
+            found[tool] = find_tool(tool)
+        except SandboxError:
             missing.append(f"{tool} (Debian package {package})")
     if missing:
         pytest.fail(
@@ -57,7 +58,7 @@ def postfix_tools_available(tmp_path_factory: pytest.TempPathFactory) -> dict[st
     # Plain "postconf -m" fails without /etc/postfix/main.cf (absent on a "No configuration" host).
     empty = tmp_path_factory.mktemp("postconf-m")
     (empty / "main.cf").write_text("")
-    sandbox.cool_down(empty / "main.cf")
+    cool_down(empty / "main.cf")
     map_types = subprocess.run(
         [found["postconf"], "-c", str(empty), "-m"], capture_output=True, text=True, check=False, timeout=60
     ).stdout.split()
@@ -71,7 +72,7 @@ def postfix_tools_available(tmp_path_factory: pytest.TempPathFactory) -> dict[st
 @pytest.fixture(scope="session")
 def mariadb(postfix_tools_available: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
     """A private MariaDB for the whole session, with the mailserver database and both users."""
-    db = sandbox.start_mariadb(tmp_path_factory.mktemp("mariadb"))
+    db = start_mariadb(tmp_path_factory.mktemp("mariadb"))
     try:
         yield db
     finally:
@@ -111,7 +112,7 @@ def postfix_instance(postfix_root: Path, request: pytest.FixtureRequest) -> Iter
     ) -> PostfixInstance:
         label = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:24]
         base = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=postfix_root))
-        instance = sandbox.create_postfix_instance(base, smtp_port=smtp_port, extra=extra)
+        instance = create_postfix_instance(base, smtp_port=smtp_port, extra=extra)
         created.append(instance)
         if start:
             instance.start()
@@ -124,7 +125,7 @@ def postfix_instance(postfix_root: Path, request: pytest.FixtureRequest) -> Iter
         for instance in created:
             try:
                 instance.stop()
-            except sandbox.SandboxError as exc:  # keep stopping the others
+            except SandboxError as exc:  # keep stopping the others
                 errors.append(str(exc))
             # Shown by pytest for failing tests only (captured output of the teardown).
             print(f"--- {instance.maillog} (last lines)")
@@ -146,8 +147,8 @@ def mailhost(mariadb: MariaDB, postfix_instance: PostfixFactory, tmp_path: Path)
 
 @pytest.fixture(scope="session")
 def galera(postfix_tools_available: dict[str, str]) -> Iterator[object]:
-    """A private three-node MariaDB Galera cluster for the session (reconciler.galera, ~15 s to start)."""
-    from reconciler.galera import remove, start_galera
+    """A private three-node MariaDB Galera cluster for the session (harness.galera, ~15 s to start)."""
+    from harness.galera import remove, start_galera
 
     cluster = start_galera()
     try:

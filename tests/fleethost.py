@@ -28,10 +28,11 @@ from typing import Any
 
 from mailhost import HASH, RELAY_SECRET
 
-from reconciler import sandbox
+from harness.common import free_port
+from harness.galera import GaleraCluster
+from harness.postfix import PostfixInstance
+from harness.repo import sandboxize_postfix_tree
 from reconciler.cfparse import parse_main_cf
-from reconciler.galera import GaleraCluster
-from reconciler.sandbox import PostfixInstance, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example-repo"
@@ -215,7 +216,7 @@ def make_fleet(
     for i, (name, instance) in enumerate(zip(names, instances, strict=True)):
         tree = base / f"tree-{name}" / "postfix"
         shutil.copytree(EXAMPLE / "postfix", tree)
-        result = sandbox.sandboxize_postfix_tree(tree, instance, cluster.nodes[i % len(cluster.nodes)].port)
+        result = sandboxize_postfix_tree(tree, instance, cluster.nodes[i % len(cluster.nodes)].port)
         lookup.update(result.lookup_secrets)
         other.update(result.other_secrets)
         trees[name] = tree

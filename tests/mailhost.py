@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import sandbox
-from reconciler.sandbox import MariaDB, PostfixInstance
+from harness.mariadb import MariaDB
+from harness.postfix import PostfixInstance
+from harness.repo import sandboxize_postfix_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example-repo"
@@ -57,7 +58,7 @@ class MailHost:
         reset_database(db)
         work = base / "work"
         shutil.copytree(EXAMPLE, work)
-        tree = sandbox.sandboxize_postfix_tree(work / "postfix", postfix, db.port)
+        tree = sandboxize_postfix_tree(work / "postfix", postfix, db.port)
         secrets = base / "secrets"
         secrets.mkdir(mode=0o700)
         for name in tree.lookup_secrets:

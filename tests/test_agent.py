@@ -33,6 +33,7 @@ import pygit2
 import pytest
 from mailhost import RELAY_SECRET, MailHost
 
+from harness.common import free_port
 from reconciler.agent.loop import BACKOFF_MAX, backoff
 from reconciler.agent.redact import MASK, Redactor
 from reconciler.agent.triggers import Reason, Triggers
@@ -40,7 +41,6 @@ from reconciler.agent.watchers import RefWatcher
 from reconciler.api.auth import bearer_ok, webhook_ok
 from reconciler.api.server import ListenError, bind, is_loopback, parse_listen
 from reconciler.models import AgentConfig, load_config
-from reconciler.sandbox import free_port
 from reconciler.source_remote import Mirror, is_remote, public_url
 
 TOKEN = "api-Token-0123456789"

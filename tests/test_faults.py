@@ -19,7 +19,7 @@ import pytest
 from conftest import PostfixFactory
 from mailhost import MailHost
 
-from reconciler.sandbox import MariaDB
+from harness.mariadb import MariaDB
 
 
 class Paused:

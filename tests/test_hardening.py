@@ -17,8 +17,8 @@ from conftest import PostfixFactory
 from mailhost import MailHost
 from test_agent import RunningAgent, configure
 
+from harness.mariadb import MariaDB
 from reconciler.observed import read_digests
-from reconciler.sandbox import MariaDB
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 from mailhost import EXAMPLE, HASH, RELAY_SECRET, MailHost
 
-from reconciler import sandbox
-from reconciler.sandbox import MariaDB
+from harness.mariadb import MariaDB
+from harness.postfix import create_postfix_instance
 
 Git = Callable[..., str]
 
@@ -49,7 +49,7 @@ class Corpus:
 def corpus(mariadb: MariaDB, postfix_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
     """One private mail host for the module with the good revision applied (Postfix stopped at the end)."""
     base = Path(tempfile.mkdtemp(prefix="hostile-", dir=postfix_root))
-    instance = sandbox.create_postfix_instance(base)
+    instance = create_postfix_instance(base)
     try:
         instance.start()
         host = MailHost.create(tmp_path_factory.mktemp("hostile"), mariadb, instance)

@@ -24,9 +24,10 @@ import pytest
 import yaml
 from mailhost import HASH, RELAY_SECRET, MailHost, reset_database
 
-from reconciler import sandbox
+from harness.mariadb import MariaDB
+from harness.postfix import PostfixInstance, cool_down
+from harness.repo import sandboxize_postfix_tree
 from reconciler.passwd import sha512_crypt
-from reconciler.sandbox import MariaDB, PostfixInstance
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example-repo"
@@ -102,7 +103,7 @@ def guide_host(mariadb: MariaDB, postfix_instance: object, tmp_path: Path) -> It
     instance: PostfixInstance = postfix_instance(start=False)  # type: ignore[operator]
     tree = tmp_path / "tree"
     shutil.copytree(EXAMPLE / "postfix", tree)
-    sandbox.sandboxize_postfix_tree(tree, instance, mariadb.port)
+    sandboxize_postfix_tree(tree, instance, mariadb.port)
     live = instance.config_dir
     outside = instance.base / "sysetc" / "aliases"
     main = (tree / "main.cf").read_text()
@@ -128,7 +129,7 @@ def guide_host(mariadb: MariaDB, postfix_instance: object, tmp_path: Path) -> It
             0o640 if name == "relay_password" else 0o644,
             "postfix" if name == "relay_password" else "root",
         )
-        sandbox.cool_down(live / f"{name}.in")
+        cool_down(live / f"{name}.in")
         subprocess.run(["postmap", "-c", str(live), f"hash:{live}/{name}.in"], check=True)
         (live / f"{name}.in.db").rename(live / f"{name}.db")
     _write(live / "Makefile", MAKEFILE)
@@ -137,7 +138,7 @@ def guide_host(mariadb: MariaDB, postfix_instance: object, tmp_path: Path) -> It
         _write(live / rel, text)
     _write(outside, (tree / "aliases").read_text())
     subprocess.run(["postalias", "-c", str(live), f"hash:{outside}"], check=True)
-    sandbox.cool_down(live / "main.cf", live / "master.cf")
+    cool_down(live / "main.cf", live / "master.cf")
     secrets = tmp_path / "secrets"
     password = tmp_path / "mysql-password"
     password.write_text(mariadb.reconciler_password)

@@ -26,11 +26,11 @@ import pytest
 from mailhost import RELAY_SECRET, MailHost
 from test_agent import RunningAgent, configure, wait_for
 
+from harness.common import free_port
 from reconciler.agent.metrics import NotifyResult
 from reconciler.agent.notify import Channel, CommitState, Forge, Notifier, commit_status_request
 from reconciler.agent.redact import MASK, Redactor
 from reconciler.models import AgentConfig
-from reconciler.sandbox import free_port
 from reconciler.status import Attempt, AttemptResult
 
 FORGE_TOKEN = "forge-Token-5d1e0c9a"

@@ -1,6 +1,8 @@
 """Golden, data-driven cases of the plan stage: a desired tree and an observed host in, the diff JSON out.
 
-Each ``tests/cases/<name>/`` holds:
+A case is ``tests/cases/_base/`` with the overlay ``tests/cases/<name>/`` laid over it: the base is a
+host in sync with a small revision, and a case holds only the files that make it (``compose_case``
+writes the two into a temporary directory, an overlay file replacing the base's). A composed case holds:
 
 - ``desired/``: a mini desired-state repository (``postfix/<files>``, ``domains/<domain>.yaml``);
 - ``tables.json`` (optional): the tables the revision declares, ``[[name, type, builder], ...]``,
@@ -14,9 +16,12 @@ Each ``tests/cases/<name>/`` holds:
 - ``checks.json`` (optional): ``never_shown`` strings (hashes, old secret values) that no rendering may
   contain, and ``text_contains`` lines the text rendering must show;
 - ``xfail.json`` (optional): ``{"json"|"text"|"secrets": reason}``, the checks a known plan bug fails
-  (the case keeps its correct, hand-written expectation).
+  (the case keeps its correct, hand-written expectation);
+- ``removed.txt`` (overlay only, optional): base files this case does not have, one path a line
+  (``desired/postfix/sender_access``).
 
-Adding a case is adding files. ``REGENERATE=1 pytest tests/test_plan_golden.py`` rewrites every
+``expected.json``, ``checks.json`` and ``xfail.json`` belong to a case, never to the base. Adding a case
+is adding a directory with the files that differ from the base and its ``expected.json``. ``REGENERATE=1 pytest tests/test_plan_golden.py`` rewrites every
 ``expected.json`` from the code; review each one by hand afterwards, as it is the oracle (a case
 whose JSON check is marked xfail keeps its hand-written expectation and is never rewritten).
 """
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,8 @@ from reconciler.plan import Desired, DomainRows, LiveFile, Observed, TableDecl, 
 from reconciler.render import plan_json, plan_text
 
 CASES = Path(__file__).resolve().parent / "cases"
-CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "observed.json").is_file())
+BASE = CASES / "_base"
+CASE_NAMES = sorted(p.name for p in CASES.iterdir() if p.is_dir() and p != BASE)
 REGENERATE = os.environ.get("REGENERATE") == "1"
 
 
@@ -80,9 +88,27 @@ def _rows(data: dict[str, Any]) -> DomainRows:
     return DomainRows(users, aliases)
 
 
+def compose_case(name: str, into: Path) -> None:
+    """Write the case ``name`` into the empty directory ``into``: the base, the overlay over it, minus removed.txt."""
+    overlay = CASES / name
+    shutil.copytree(BASE, into, dirs_exist_ok=True)
+    shutil.copytree(overlay, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns("removed.txt"))
+    removed = overlay / "removed.txt"
+    for line in removed.read_text(encoding="utf-8").splitlines() if removed.is_file() else []:
+        path = into / line.strip()
+        assert line.strip() and path.is_file(), f"{removed}: {line!r} is not a file of the base"
+        path.unlink()
+
+
 def load_case(name: str) -> Case:
     """Build the plan's inputs of one case the way the engine and the observer would."""
-    root = CASES / name
+    with tempfile.TemporaryDirectory(prefix=f"case-{name}-") as tmp:
+        return _load_composed(name, Path(tmp))
+
+
+def _load_composed(name: str, root: Path) -> Case:
+    """``load_case`` on the case composed under ``root`` (everything is read into memory)."""
+    compose_case(name, root)
     obs = _read_json(root / "observed.json")
     secrets = {k: v.encode("utf-8") for k, v in obs.get("secrets", {}).items()}
 

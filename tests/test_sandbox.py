@@ -15,8 +15,10 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from reconciler import sandbox
-from reconciler.sandbox import MariaDB, PostfixInstance
+from harness import cli
+from harness.mariadb import MariaDB, start_mariadb
+from harness.postfix import PostfixInstance, cool_down
+from harness.repo import LOOKUP_PASSWORD_SECRET, sandboxize_postfix_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 PostfixFactory = Callable[..., PostfixInstance]  # the postfix_instance fixture of conftest.py
@@ -134,7 +136,7 @@ def test_client_argv_keeps_the_password_off_the_command_line(mariadb: MariaDB) -
 def test_a_second_private_mariadb_starts_fast(postfix_tools_available: dict[str, str], tmp_path: Path) -> None:
     """A fresh MariaDB (install-db, start, users) is up in under 5 s and reattachable from its state file."""
     started = time.monotonic()
-    db = sandbox.start_mariadb(tmp_path / "db")
+    db = start_mariadb(tmp_path / "db")
     try:
         assert time.monotonic() - started < 5.0
         again = MariaDB.load(tmp_path / "db")
@@ -156,8 +158,8 @@ def test_postfix_instance_starts_and_greets(postfix_instance: PostfixFactory) ->
     instance.start()
     assert time.monotonic() - started < 5.0
     assert instance.is_running()
-    banner = instance.smtp_probe()
-    assert banner.startswith(b"220 sandbox.test ESMTP"), banner
+    banner = instance.greeting()
+    assert banner is not None and banner.startswith("220 sandbox.test ESMTP"), banner
     assert f"{instance.syslog_name}/master" in instance.maillog_text()
 
 
@@ -183,10 +185,9 @@ def test_stop_stops_and_start_restarts_on_the_same_port(postfix_instance: Postfi
     instance = postfix_instance()
     instance.stop()
     assert not instance.is_running()
-    with pytest.raises(OSError):
-        instance.smtp_probe(timeout=2)
+    assert instance.greeting(timeout=2) is None
     instance.start()
-    assert instance.smtp_probe().startswith(b"220 ")
+    assert (instance.greeting() or "").startswith("220 ")
 
 
 def test_reload_picks_up_a_changed_banner(postfix_instance: PostfixFactory) -> None:
@@ -195,9 +196,9 @@ def test_reload_picks_up_a_changed_banner(postfix_instance: PostfixFactory) -> N
     instance.postconf("-e", "smtpd_banner=$myhostname ESMTP reloaded")
     instance.reload()
     deadline = time.monotonic() + 10
-    while b"reloaded" not in instance.smtp_probe() and time.monotonic() < deadline:
+    while "reloaded" not in (instance.greeting() or "") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert b"reloaded" in instance.smtp_probe()
+    assert "reloaded" in (instance.greeting() or "")
     assert instance.is_running()
 
 
@@ -209,7 +210,7 @@ def test_two_instances_run_side_by_side(postfix_instance: PostfixFactory) -> Non
     first.stop()
     assert not first.is_running()
     assert second.is_running()
-    assert second.smtp_probe().startswith(b"220 ")
+    assert (second.greeting() or "").startswith("220 ")
 
 
 def test_instance_is_reattachable_from_its_state_file(postfix_instance: PostfixFactory) -> None:
@@ -290,7 +291,7 @@ def test_sandboxize_rewrites_a_guide_style_tree(postfix_instance: PostfixFactory
     (tree / "mysql-virtual-mailbox-domains.cf").write_text(GUIDE_MYSQL_CF)
     (tree / "aliases").write_text("postmaster: root\n")
 
-    result = sandbox.sandboxize_postfix_tree(tree, instance, 33061)
+    result = sandboxize_postfix_tree(tree, instance, 33061)
 
     main = _postconf_n(tree)
     assert main["inet_interfaces"] == "127.0.0.1"
@@ -335,9 +336,9 @@ def test_sandboxize_rewrites_a_guide_style_tree(postfix_instance: PostfixFactory
     mysql_cf = (tree / "mysql-virtual-mailbox-domains.cf").read_text()
     assert "hosts = inet:127.0.0.1:33061\n" in mysql_cf
     assert "db2.example.net" not in mysql_cf
-    assert f"password = ${{secret:{sandbox.LOOKUP_PASSWORD_SECRET}}}" in mysql_cf
+    assert f"password = ${{secret:{LOOKUP_PASSWORD_SECRET}}}" in mysql_cf
     assert "    WHERE name='%s'" in mysql_cf  # continuation lines of other keys survive
-    assert result.lookup_secrets == (sandbox.LOOKUP_PASSWORD_SECRET,)
+    assert result.lookup_secrets == (LOOKUP_PASSWORD_SECRET,)
 
 
 def _install_tree(tree: Path, instance: PostfixInstance, secrets: dict[str, str]) -> None:
@@ -347,7 +348,7 @@ def _install_tree(tree: Path, instance: PostfixInstance, secrets: dict[str, str]
         for name, value in secrets.items():
             text = text.replace(f"${{secret:{name}}}", value)
         (instance.config_dir / path.name).write_text(text)
-    sandbox.cool_down(instance.config_dir / "main.cf", instance.config_dir / "master.cf")
+    cool_down(instance.config_dir / "main.cf", instance.config_dir / "master.cf")
     for name in ("canonical", "sender_canonical", "generic", "sender_access", "relay_password"):
         if (instance.config_dir / name).exists():
             instance.postmap(f"hash:{instance.config_dir / name}")
@@ -365,7 +366,7 @@ def test_sandboxed_example_repo_looks_up_recipients_in_mariadb(
     """example-repo's postfix/ tree, sandboxed, runs with postscreen and answers RCPT from MariaDB rows."""
     source = ROOT / "example-repo" / "postfix"
     assert source.is_dir(), "example-repo/postfix is missing"
-    db = sandbox.start_mariadb(tmp_path / "db")
+    db = start_mariadb(tmp_path / "db")
     try:
         root = db.root_connect()
         with root.cursor() as cur:
@@ -390,7 +391,7 @@ def test_sandboxed_example_repo_looks_up_recipients_in_mariadb(
         instance = postfix_instance(start=False)
         tree = tmp_path / "tree"
         shutil.copytree(source, tree)
-        result = sandbox.sandboxize_postfix_tree(tree, instance, db.port)
+        result = sandboxize_postfix_tree(tree, instance, db.port)
         secrets = {name: db.mailuser_password for name in result.lookup_secrets}
         secrets |= {name: "sandbox-dummy" for name in result.other_secrets}
         _install_tree(tree, instance, secrets)
@@ -398,8 +399,8 @@ def test_sandboxed_example_repo_looks_up_recipients_in_mariadb(
         assert check.returncode == 0, check.stdout + check.stderr
         instance.start()
 
-        banner = instance.smtp_probe()  # postscreen's greet test: "220-" first, then smtpd's "220 "
-        assert banner.rstrip().endswith(b"ESMTP"), banner
+        banner = instance.greeting()  # postscreen's greet test: "220-" first, then smtpd's "220 "
+        assert banner is not None and banner.startswith("220") and banner.endswith("ESMTP"), banner
         stranger = {"client_address": "127.0.0.2"}
         assert instance.rcpt_to("", "alice@example.net", **stranger) == (250, "2.1.5 Ok")
         assert instance.rcpt_to("", "sales@example.net", **stranger)[0] == 250
@@ -415,11 +416,11 @@ def test_sandboxed_example_repo_looks_up_recipients_in_mariadb(
 
 
 def test_sandbox_cli_up_status_down(postfix_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``python -m reconciler.sandbox up`` publishes example-repo to a bare repo with an agent config;
+    """``python -m harness up`` publishes example-repo to a bare repo with an agent config;
     ``status`` reports both services running and ``down`` stops them."""
     directory = postfix_root / "cli"
     try:
-        assert sandbox.main(["up", "--dir", str(directory), "--repo", str(ROOT / "example-repo"), "--json"]) == 0
+        assert cli.main(["up", "--dir", str(directory), "--repo", str(ROOT / "example-repo"), "--json"]) == 0
         up = json.loads(capsys.readouterr().out)
         assert up["postfix"]["running"] is True
         head = subprocess.run(
@@ -435,16 +436,16 @@ def test_sandbox_cli_up_status_down(postfix_root: Path, capsys: pytest.CaptureFi
         secret = directory / "secrets" / "mysql_mailuser_password"
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
 
-        assert sandbox.main(["status", "--dir", str(directory), "--json"]) == 0
+        assert cli.main(["status", "--dir", str(directory), "--json"]) == 0
         status = json.loads(capsys.readouterr().out)
         assert status == {
             "postfix": {"running": True, "smtp": up["postfix"]["smtp"]},
             "mariadb": {"running": True, "port": up["mariadb"]["port"]},
         }
     finally:
-        assert sandbox.main(["down", "--dir", str(directory)]) == 0
+        assert cli.main(["down", "--dir", str(directory)]) == 0
     capsys.readouterr()
-    assert sandbox.main(["status", "--dir", str(directory), "--json"]) == 0
+    assert cli.main(["status", "--dir", str(directory), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["postfix"]["running"] is False
     assert status["mariadb"]["running"] is False
