@@ -23,6 +23,10 @@ from harness.repo import LOOKUP_PASSWORD_SECRET, sandboxize_postfix_tree
 ROOT = Path(__file__).resolve().parent.parent
 PostfixFactory = Callable[..., PostfixInstance]  # the postfix_instance fixture of conftest.py
 
+# Each start must finish well within this: a guard against a hang, not a timing (speed is bench/'s).
+HANG_GUARD = 60.0
+
+
 # --------------------------------------------------------------------------------------------------
 # MariaDB
 
@@ -87,7 +91,7 @@ def test_stop_and_start_keeps_the_data(mariadb: MariaDB) -> None:
 
     started = time.monotonic()
     mariadb.start()
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started < HANG_GUARD
     conn = mariadb.connect("reconciler")
     try:
         with conn.cursor() as cur:
@@ -133,12 +137,12 @@ def test_client_argv_keeps_the_password_off_the_command_line(mariadb: MariaDB) -
     assert out.split() == ["mailuser@localhost", "mailserver"]
 
 
-def test_a_second_private_mariadb_starts_fast(postfix_tools_available: dict[str, str], tmp_path: Path) -> None:
-    """A fresh MariaDB (install-db, start, users) is up in under 5 s and reattachable from its state file."""
+def test_a_second_private_mariadb_starts_and_reattaches(postfix_tools_available: dict[str, str], tmp_path: Path) -> None:
+    """A fresh MariaDB (install-db, start, users) comes up beside the session's and reattaches from its state file."""
     started = time.monotonic()
     db = start_mariadb(tmp_path / "db")
     try:
-        assert time.monotonic() - started < 5.0
+        assert time.monotonic() - started < HANG_GUARD
         again = MariaDB.load(tmp_path / "db")
         assert again == db
         assert again.answers()
@@ -152,11 +156,11 @@ def test_a_second_private_mariadb_starts_fast(postfix_tools_available: dict[str,
 
 
 def test_postfix_instance_starts_and_greets(postfix_instance: PostfixFactory) -> None:
-    """A fresh instance starts in under 5 s, reports running and greets with 220 on its loopback port."""
+    """A fresh instance starts, reports running and greets with 220 on its loopback port."""
     instance = postfix_instance(start=False)
     started = time.monotonic()
     instance.start()
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started < HANG_GUARD
     assert instance.is_running()
     banner = instance.greeting()
     assert banner is not None and banner.startswith("220 sandbox.test ESMTP"), banner
