@@ -18,7 +18,10 @@ writes the two into a temporary directory, an overlay file replacing the base's)
 - ``xfail.json`` (optional): ``{"json"|"text"|"secrets": reason}``, the checks a known plan bug fails
   (the case keeps its correct, hand-written expectation);
 - ``removed.txt`` (overlay only, optional): base files this case does not have, one path a line
-  (``desired/postfix/sender_access``).
+  (``desired/postfix/sender_access``);
+- ``observed.patch.json`` (overlay only, optional): how this case's live host differs from the base's
+  ``observed.json``, as a JSON merge patch (RFC 7386: objects merge, ``null`` removes a key, lists and
+  values replace).
 
 ``expected.json``, ``checks.json`` and ``xfail.json`` belong to a case, never to the base. Adding a case
 is adding a directory with the files that differ from the base and its ``expected.json``. ``REGENERATE=1 pytest tests/test_plan_golden.py`` rewrites every
@@ -98,6 +101,24 @@ def compose_case(name: str, into: Path) -> None:
         path = into / line.strip()
         assert line.strip() and path.is_file(), f"{removed}: {line!r} is not a file of the base"
         path.unlink()
+    patch = into / "observed.patch.json"
+    if patch.is_file():  # what the case's live host differs in, as a JSON merge patch (RFC 7386)
+        observed = merge_patch(_read_json(into / "observed.json"), _read_json(patch))
+        (into / "observed.json").write_text(json.dumps(observed), encoding="utf-8")
+        patch.unlink()
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: ``patch``'s objects merge into ``target``'s, a null removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 def load_case(name: str) -> Case:
