@@ -335,7 +335,7 @@ def test_built_table_only_is_recovered(guide_host: GuideHost) -> None:
 
 def test_client_and_pymysql_readers_agree(guide_host: GuideHost) -> None:
     """The mariadb-client reader and the PyMySQL reader return the same rows, tabs, newlines and backslashes included."""
-    from reconciler.adopt import read_tables_client, read_tables_pymysql
+    from reconciler.adopt.rows import read_tables_client, read_tables_pymysql
     from reconciler.models import load_config
 
     host = guide_host
@@ -395,7 +395,7 @@ def test_example_repo_round_trip(mailhost: MailHost) -> None:
 
 def test_domain_yaml_loads_back_exactly() -> None:
     """A generated domain file loads back to exactly its rows (quotes, backslashes, catch-alls, o'brien) and validates."""
-    from reconciler.adopt import domain_yaml
+    from reconciler.adopt.domains import domain_yaml
     from reconciler.desired import parse_domain_file
 
     users = [("o'brien@example.org", '{PBKDF2}x"y\\z'), ("A.b+c@example.org", SHA), ("zed@example.org", HASH)]
