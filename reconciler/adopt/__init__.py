@@ -24,6 +24,7 @@ said in a note.
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,11 +92,17 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
                     for p in validated.problems
                 ]
             )
-        for name, text in domains.items():
-            repo.write(tmp / "domains" / f"{name}.yaml", text.encode())
-        repo.write(tmp / "schemas" / "domain.schema.json", domain_schema().encode())
-        repo.write(tmp / "README.md", repo.readme(cfg, found, counts).encode())
-        commit = repo.git_commit(tmp, cfg.source.branch, config_dir)
+        git = repo.GitRepo(tmp, cfg.source.branch)
+        try:
+            for f in found.files.values():
+                git.add(f.repo_path)
+            for name, text in domains.items():
+                git.write(f"domains/{name}.yaml", text.encode())
+            git.write("schemas/domain.schema.json", domain_schema().encode())
+            git.write("README.md", repo.readme(cfg, found, counts).encode())
+            commit = git.commit(f"Import of {socket.gethostname()} ({config_dir} and the mail database)")
+        finally:
+            git.close()
         secrets.write()
         for target, data, stamp_ns in found.copies:
             repo.write_live_source(target, data, stamp_ns, target in found.tighten)

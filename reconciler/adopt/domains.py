@@ -12,7 +12,11 @@ from __future__ import annotations
 import json
 import re
 
-from reconciler.adopt.rows import read_tables
+import structlog
+
+from reconciler.adopt import bulk
+from reconciler.adopt.bulk import SCHEMA_MODELINE
+from reconciler.adopt.rows import client_program, read_lines, read_tables
 from reconciler.errors import Problem
 from reconciler.models import (
     LOCAL_PART_RE,
@@ -25,16 +29,36 @@ from reconciler.models import (
 )
 from reconciler.vocab import Table
 
-SCHEMA_MODELINE = "# yaml-language-server: $schema=../schemas/domain.schema.json\n"
+log = structlog.get_logger("reconciler.adopt")
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*@[A-Za-z0-9.-]+\Z")
 # (domains, mailboxes, aliases) an import wrote.
 Counts = tuple[int, int, int]
 
 
 def collect_rows(cfg: AgentConfig) -> tuple[dict[str, str], Counts, list[Problem]]:
-    """Domain file texts by domain, (domains, mailboxes, aliases) and the rows that cannot be represented."""
+    """Domain file texts by domain, (domains, mailboxes, aliases) and the rows that cannot be represented.
+
+    Through the fast path (``reconciler.adopt.bulk``) when the client is there and every row is one
+    it covers; else, or when it gives up, row by row: the same texts, and the problems named.
+    """
+    client = client_program(cfg)
+    if client is not None:
+        lines = read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok)
+        fast = bulk.domain_texts(lines.domains, lines.users, lines.aliases) if lines is not None else None
+        if fast is not None:
+            log.debug("import.rows", path="fast", mailboxes=fast[1][1])
+            return fast[0], fast[1], []
+    log.debug("import.rows", path="row by row")
+    return texts_from_rows(*read_tables(cfg))
+
+
+def texts_from_rows(
+    domain_rows: list[tuple[str, str]],
+    user_rows: list[tuple[str, str, str, str]],
+    alias_rows: list[tuple[str, str, str, str]],
+) -> tuple[dict[str, str], Counts, list[Problem]]:
+    """``collect_rows`` row by row, from the rows as ``read_tables`` returns them: each problem named."""
     problems: list[Problem] = []
-    domain_rows, user_rows, alias_rows = read_tables(cfg)
     names: dict[str, str] = dict(domain_rows)
     for ident, name in sorted(names.items(), key=lambda item: int(item[0])):
         bad = domain_problem(name)
