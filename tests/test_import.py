@@ -460,9 +460,10 @@ def _both_paths(domains: list[tuple[str, str]], users: list[tuple[str, str, str]
 
     users_text = "".join(f"{d}\t{_escape(e)}\t{_escape(p)}\n" for d, e, p in users)
     aliases_text = "".join(f"{d}\t{_escape(s)}\t{_escape(t)}\n" for d, s, t in aliases)
+    user_lines, alias_lines = users_text.split("\n")[:-1], aliases_text.split("\n")[:-1]
     fast = None
-    if bulk.users_ok(users_text) and bulk.aliases_ok(aliases_text):
-        fast = bulk.domain_texts(domains, users_text.split("\n")[:-1], aliases_text.split("\n")[:-1])
+    if bulk.users_ok(users_text, user_lines) and bulk.aliases_ok(aliases_text, alias_lines):
+        fast = bulk.domain_texts(domains, user_lines, alias_lines)
     slow = texts_from_rows(
         domains,
         [(str(n), d, e, p) for n, (d, e, p) in enumerate(users, 1)],

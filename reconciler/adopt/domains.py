@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 
 import structlog
 
@@ -35,7 +36,7 @@ _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*@[A-Za-z0-9.-]+\Z")
 Counts = tuple[int, int, int]
 
 
-def collect_rows(cfg: AgentConfig) -> tuple[dict[str, str], Counts, list[Problem]]:
+def collect_rows(cfg: AgentConfig) -> tuple[Mapping[str, str], Counts, list[Problem]]:
     """Domain file texts by domain, (domains, mailboxes, aliases) and the rows that cannot be represented.
 
     Through the fast path (``reconciler.adopt.bulk``) when the client is there and every row is one

@@ -130,8 +130,9 @@ def read_lines(cfg: AgentConfig, client: str, users_ok: LineCheck, aliases_ok: L
     return Lines(domains, sections[1], sections[2])
 
 
-# Checks a chunk of whole lines of one table (each ending with a newline): can the fast path take it.
-LineCheck = Callable[[str], bool]
+# Checks a chunk of whole lines of one table (each ending with a newline), given as text and split
+# (without the newlines): can the fast path take it.
+LineCheck = Callable[[str, list[str]], bool]
 
 
 def _sections(fd: int, checks: tuple[LineCheck, LineCheck]) -> list[list[str]] | None:
@@ -156,12 +157,12 @@ def _sections(fd: int, checks: tuple[LineCheck, LineCheck]) -> list[list[str]] |
                 return None
             if len(sections) == 1:
                 sections[0].append(piece)
-            elif not checks[len(sections) - 2](piece):
+                continue
+            lines = piece.split("\n")
+            lines.pop()  # after the last newline: empty (the checks want whole lines)
+            if not checks[len(sections) - 2](piece, lines):
                 return None
-            else:
-                lines = piece.split("\n")
-                lines.pop()  # after the last newline: empty (the checks want whole lines)
-                sections[-1] += lines
+            sections[-1] += lines
         if not chunk:
             return sections if len(sections) == 3 else None
 
