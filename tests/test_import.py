@@ -527,3 +527,19 @@ def test_fast_path_leaves_the_rest_to_the_row_by_row_path(
 def test_fast_path_refuses_an_invalid_domain_name() -> None:
     fast, (_texts, _counts, problems) = _both_paths([*FAST_DOMAINS, ("5", "Bad.Example")], FAST_USERS, FAST_ALIASES)
     assert fast is None and problems
+
+
+def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
+    """On the guide's rows (without o'brien, whom it leaves to the row-by-row path): the fast path is taken and gives the row-by-row texts."""
+    from reconciler.adopt import bulk
+    from reconciler.adopt.domains import collect_rows, texts_from_rows
+    from reconciler.adopt.rows import read_lines, read_tables
+    from reconciler.models import load_config
+
+    host = guide_host
+    host.sql("DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n")
+    cfg = load_config(host.config)
+    assert read_lines(cfg, shutil.which("mariadb") or "mariadb", bulk.users_ok, bulk.aliases_ok) is not None
+    texts, counts, problems = collect_rows(cfg)
+    assert problems == [] and counts[1] >= 2
+    assert (dict(texts), counts, problems) == texts_from_rows(*read_tables(cfg))
