@@ -335,17 +335,26 @@ def test_built_table_only_is_recovered(guide_host: GuideHost) -> None:
 
 
 def test_client_and_pymysql_readers_agree(guide_host: GuideHost) -> None:
-    """The mariadb-client reader and the PyMySQL reader return the same rows, tabs, newlines and backslashes included."""
-    from reconciler.adopt import read_tables_client, read_tables_pymysql
+    """The mariadb-client readers and the PyMySQL reader return the same rows, tabs, newlines and backslashes included."""
+    from reconciler.adopt import bulk
+    from reconciler.adopt.rows import read_lines, read_tables_client, read_tables_pymysql
     from reconciler.models import load_config
 
     host = guide_host
+    cfg = load_config(host.config)
+    client = shutil.which("mariadb") or "mariadb"
+    domains, users, aliases = read_tables_client(cfg, client)
+    assert read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok) is None  # o'brien is quoted: row by row
+    lines = read_lines(cfg, client, lambda _chunk, _lines: True, lambda _chunk, _lines: True)
+    assert lines is not None
+    assert lines.domains == domains
+    assert sorted(lines.users) == sorted(f"{d}\t{e}\t{p}" for _, d, e, p in users)
+    assert sorted(lines.aliases) == sorted(f"{d}\t{s}\t{t}" for _, d, s, t in aliases)
     host.sql(
         "INSERT INTO virtual_aliases (domain_id, source, destination) VALUES "
         "(3, 'odd@example.net', 'a\\tb\\\\c\\nd@example.org'), (3, 'NULL@example.net', 'NULL');\n"
     )
-    cfg = load_config(host.config)
-    via_client = read_tables_client(cfg, shutil.which("mariadb") or "mariadb")
+    via_client = read_tables_client(cfg, client)
     via_pymysql = read_tables_pymysql(cfg)
     assert via_client == via_pymysql
     assert ("a\tb\\c\nd@example.org") in {a[3] for a in via_client[2]}
@@ -396,7 +405,7 @@ def test_example_repo_round_trip(mailhost: MailHost) -> None:
 
 def test_domain_yaml_loads_back_exactly() -> None:
     """A generated domain file loads back to exactly its rows (quotes, backslashes, catch-alls, o'brien) and validates."""
-    from reconciler.adopt import domain_yaml
+    from reconciler.adopt.domains import domain_yaml
     from reconciler.desired import parse_domain_file
 
     users = [("o'brien@example.org", '{PBKDF2}x"y\\z'), ("A.b+c@example.org", SHA), ("zed@example.org", HASH)]
@@ -409,3 +418,129 @@ def test_domain_yaml_loads_back_exactly() -> None:
     parsed = parse_domain_file("domains/example.org.yaml", text.encode())
     assert parsed.problems == () and parsed.model is not None
     assert domain_yaml("example.org", list(reversed(users)), list(reversed(aliases))) == text  # stable order
+
+
+# The fast path (reconciler.adopt.bulk) against the row-by-row path, on rows without a database.
+BCRYPT = "$2y$05$" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"
+ARGON = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+FAST_DOMAINS = [("1", "a.example"), ("2", "b.example"), ("10", "x-1.example.org"), ("3", "empty.example")]
+FAST_USERS = [
+    ("1", "a@a.example", HASH),
+    ("1", "a.b@a.example", SHA),
+    ("1", "a0@a.example", "{SSHA512}abc/+=="),
+    ("1", "a+b=c@a.example", BCRYPT),
+    ("1", "ab_c-d@a.example", ARGON),
+    ("1", "z@a.example", "{PLAIN-MD5}1a79a4d60de6718e8e5b326e338ae533"),
+    ("1", "9@a.example", "{BLF-CRYPT}" + BCRYPT),
+    ("1", "a.b.c@a.example", HASH),
+    ("1", "l" * 64 + "@a.example", HASH),
+    ("2", "b@b.example", SHA),
+    ("2", "b-@b.example", SHA),
+    ("10", "u@x-1.example.org", HASH),
+    ("10", "u1@x-1.example.org", HASH),
+]
+FAST_ALIASES = [
+    ("1", "@a.example", "z@a.example"),
+    ("1", "a@a.example", "x@other.example"),
+    ("1", "list@a.example", "b@b.example"),
+    ("1", "list@a.example", "a@a.example"),
+    ("1", "0@a.example", "u@mail.b.example"),
+    ("10", "postmaster@x-1.example.org", "u@x-1.example.org"),
+    ("2", "@b.example", "b@b.example"),
+]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def _both_paths(domains: list[tuple[str, str]], users: list[tuple[str, str, str]], aliases: list[tuple[str, str, str]]):  # type: ignore[no-untyped-def]
+    """(fast result or None, row-by-row result) for the same rows, given as the client prints them."""
+    from reconciler.adopt import bulk
+    from reconciler.adopt.domains import texts_from_rows
+
+    users_text = "".join(f"{d}\t{_escape(e)}\t{_escape(p)}\n" for d, e, p in users)
+    aliases_text = "".join(f"{d}\t{_escape(s)}\t{_escape(t)}\n" for d, s, t in aliases)
+    user_lines, alias_lines = users_text.split("\n")[:-1], aliases_text.split("\n")[:-1]
+    fast = None
+    if bulk.users_ok(users_text, user_lines) and bulk.aliases_ok(aliases_text, alias_lines):
+        fast = bulk.domain_texts(domains, user_lines, alias_lines)
+    slow = texts_from_rows(
+        domains,
+        [(str(n), d, e, p) for n, (d, e, p) in enumerate(users, 1)],
+        [(str(n), d, s, t) for n, (d, s, t) in enumerate(aliases, 1)],
+    )
+    return fast, slow
+
+
+def test_fast_path_gives_the_row_by_row_texts() -> None:
+    """Rows the fast path covers, in any order: byte for byte the texts and counts of the row-by-row path."""
+    import random
+
+    rnd = random.Random(13)
+    for _ in range(20):
+        users, aliases = FAST_USERS[:], FAST_ALIASES[:]
+        rnd.shuffle(users)
+        rnd.shuffle(aliases)
+        fast, (texts, counts, problems) = _both_paths(FAST_DOMAINS, users, aliases)
+        assert problems == [] and fast is not None
+        assert fast == (texts, counts)
+    assert fast[0]["empty.example"].endswith("domain: empty.example\nmailboxes: []\naliases: []\n")
+
+
+@pytest.mark.parametrize(
+    ("users", "aliases", "problem"),
+    [
+        ([("1", "Big@a.example", HASH)], [], False),  # upper case: casefold order is not byte order
+        ([("1", "u@A.EXAMPLE", HASH)], [], True),
+        ([("1", "q@a.example", '{PBKDF2}x"y\\z')], [], False),  # quoted as a JSON string
+        ([("1", "a@a.example", SHA)], [], False),  # the same address twice: the row order decides
+        ([("1", "ü@a.example", HASH)], [], True),
+        ([("1", "p@a.example", "secret")], [], True),  # plaintext
+        ([("1", "p@a.example", "{PLAIN}secret")], [], True),
+        ([("1", "p@a.example", "$6$short$x")], [], True),
+        ([("1", "p@a.example", "{X}" + "y" * 253)], [], True),  # 256 characters
+        ([("1", "l" * 65 + "@a.example", HASH)], [], True),
+        ([("1", "p@b.example", HASH)], [], True),  # not in its domain
+        ([("1", "p@sub.a.example", HASH)], [], True),
+        ([("99", "p@a.example", HASH)], [], True),  # no such domain id
+        ([("1", "a\tb@a.example", HASH)], [], True),
+        ([("1", ".a@a.example", HASH)], [], True),
+        ([], [("1", "s@b.example", "z@a.example")], True),
+        ([], [("1", "s@a.example", "NULL")], True),
+        ([], [("1", "s@a.example", "@a.example")], True),
+        ([], [("1", "s@a.example", "t@-x.example")], True),
+        ([], [("1", "s@a.example", "t@x")], True),
+        ([], [("1", "S@a.example", "t@b.example")], False),
+        ([], [("1", "s@a.example", "T@b.example")], False),
+        ([], [("4", "s@a.example", "t@b.example")], True),
+    ],
+)
+def test_fast_path_leaves_the_rest_to_the_row_by_row_path(
+    users: list[tuple[str, str, str]], aliases: list[tuple[str, str, str]], problem: bool
+) -> None:
+    """One row the fast path does not cover makes it give up; the row-by-row path then decides."""
+    fast, (_texts, _counts, problems) = _both_paths(FAST_DOMAINS, FAST_USERS + users, FAST_ALIASES + aliases)
+    assert fast is None
+    assert bool(problems) == problem, problems
+
+
+def test_fast_path_refuses_an_invalid_domain_name() -> None:
+    fast, (_texts, _counts, problems) = _both_paths([*FAST_DOMAINS, ("5", "Bad.Example")], FAST_USERS, FAST_ALIASES)
+    assert fast is None and problems
+
+
+def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
+    """On the guide's rows (without o'brien, whom it leaves to the row-by-row path): the fast path is taken and gives the row-by-row texts."""
+    from reconciler.adopt import bulk
+    from reconciler.adopt.domains import collect_rows, texts_from_rows
+    from reconciler.adopt.rows import read_lines, read_tables
+    from reconciler.models import load_config
+
+    host = guide_host
+    host.sql("DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n")
+    cfg = load_config(host.config)
+    assert read_lines(cfg, shutil.which("mariadb") or "mariadb", bulk.users_ok, bulk.aliases_ok) is not None
+    texts, counts, problems = collect_rows(cfg)
+    assert problems == [] and counts[1] >= 2
+    assert (dict(texts), counts, problems) == texts_from_rows(*read_tables(cfg))

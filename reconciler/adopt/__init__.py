@@ -1,0 +1,128 @@
+"""Adoption of a live host: ``reconciler import --out DIR`` writes the desired-state repository of it.
+
+Called by the CLI only (top layer beside the engine), which imports ``import_host`` and
+``CannotImport`` from here. The stages, each a module of this package:
+
+- ``tables``: main.cf, master.cf and every table they use, found with Postfix's own tools
+  (``postconf -c DIR -n -x``, ``-P -x``), in subdirectories, ``proxy:``-wrapped, and outside the
+  config dir when ``[postfix].outside_paths`` allows it (under ``rootfs/``);
+- ``secrets``: a lookup config's ``password``/``bind_pw`` and the values of SASL password maps become
+  ``${secret:NAME}``; their values go to ``[secrets].dir`` (0600), never into DIR or the output. A
+  value already held by a file of ``[secrets].dir`` keeps that file's name;
+- ``rows`` and ``domains``: the three mail tables, read in one snapshot, checked row by row and
+  written as ``domains/<domain>.yaml``;
+- ``repo``: the files, a README saying what came from where, one git commit.
+
+What cannot be represented (plaintext passwords, rows of no domain, addresses outside their domain,
+files the repo checks refuse) is collected as problems and nothing at all is written. The only
+writes to the live host are on the way to an empty first diff: a ``NAME.in`` of the guide's
+Makefile layout is copied to ``NAME`` (the table's source from now on, dated as the ``.in``), and a
+file holding a secret gets the mode the agent keeps such files in (0640, group postfix); each is
+said in a note.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from reconciler.adopt import repo
+from reconciler.adopt.domains import collect_rows, domain_schema
+from reconciler.adopt.secrets import Secrets
+from reconciler.adopt.tables import collect_files
+from reconciler.errors import PermanentError, Problem, ReconcilerError
+from reconciler.models import AgentConfig
+from reconciler.plan import SECRET_FILE_GROUP, SECRET_FILE_MODE
+from reconciler.source import open_snapshot
+from reconciler.validate import validate_snapshot
+
+log = structlog.get_logger("reconciler.adopt")
+
+
+class CannotImport(PermanentError):
+    """The live state cannot be represented as a repository; nothing was written."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(f"{len(problems)} reason(s) the live state cannot be imported")
+        self.problems = sorted(set(problems), key=lambda p: (p.path, p.line or 0, p.message))
+
+
+@dataclass
+class ImportResult:
+    """What an import wrote (in-memory result): counts and the notes to print."""
+
+    out: Path
+    files: list[str]
+    domains: int
+    mailboxes: int
+    aliases: int
+    secrets: list[str]
+    notes: list[str]
+    commit: str
+
+
+def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
+    """Import the live host into ``out`` (a new directory); raises ``CannotImport`` naming every reason."""
+    out = out.absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ReconcilerError(f"{out}: already exists and is not empty; import writes a new repository")
+    if not out.parent.is_dir():
+        raise ReconcilerError(f"{out.parent}: no such directory")
+    config_dir = Path(cfg.postfix.config_dir)
+    secrets = Secrets.load(Path(cfg.secrets.dir))
+    found = collect_files(config_dir, cfg.postfix.outside_paths, secrets)
+    domains, counts, row_problems = collect_rows(cfg)
+    found.problems.extend(row_problems)
+    if found.problems:
+        raise CannotImport(found.problems)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
+    try:
+        for f in found.files.values():
+            repo.write(tmp / f.repo_path, f.data)
+        validated = validate_snapshot(open_snapshot(tmp), str(config_dir), None, cfg.postfix.outside_paths)
+        if validated.problems:
+            raise CannotImport(
+                [
+                    Problem(p.path, p.line, f"{p.message} (as found live; fix it there first)")
+                    for p in validated.problems
+                ]
+            )
+        git = repo.GitRepo(tmp, cfg.source.branch)
+        try:
+            for f in found.files.values():
+                git.add(f.repo_path)
+            for name, text in domains.items():
+                git.write(f"domains/{name}.yaml", text.encode())
+            git.write("schemas/domain.schema.json", domain_schema().encode())
+            git.write("README.md", repo.readme(cfg, found, counts).encode())
+            commit = git.commit(f"Import of {socket.gethostname()} ({config_dir} and the mail database)")
+        finally:
+            git.close()
+        secrets.write()
+        for target, data, stamp_ns in found.copies:
+            repo.write_live_source(target, data, stamp_ns, target in found.tighten)
+        for path in found.tighten:
+            if path.exists():
+                repo.set_mode(path, SECRET_FILE_GROUP, SECRET_FILE_MODE)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("import.done", out=str(out), files=len(found.files), domains=counts[0])
+    return ImportResult(
+        out,
+        sorted(found.files),
+        counts[0],
+        counts[1],
+        counts[2],
+        sorted(secrets.new),
+        found.notes + found.actions,
+        commit,
+    )

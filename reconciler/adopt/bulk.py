@@ -1,0 +1,152 @@
+"""The fast path of an import's rows: whole tables as text, checked and made domain files per domain.
+
+Called by ``reconciler.adopt.domains.collect_rows``: ``users_ok`` / ``aliases_ok`` check each chunk
+of the ``mariadb`` client's output while it is still being read (``reconciler.adopt.rows.read_lines``:
+``domain_id<TAB>email<TAB>password`` and ``domain_id<TAB>source<TAB>destination`` lines, no row
+ids), then ``domain_texts`` makes the domain files. Instead of a Python step per row, one regular
+expression checks a whole chunk, one sort of all lines groups them by domain and orders them within
+it, and each domain costs a few C-level passes over its text (``str.count``, ``str.replace``).
+
+It covers the rows a mail server usually holds: lower-case ASCII addresses in their domain, hashes
+without quotes or backslashes, no address twice. With those, byte order is the order
+``domains.domain_yaml`` sorts in and its quoting is constant, so the texts are the same byte for
+byte (tests/test_import.py compares both on the same rows). Anything else, a problem included,
+gives False or None and the caller takes the row-by-row path, which says what is wrong with which row.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping
+
+from reconciler import models
+from reconciler.models import domain_problem
+
+SCHEMA_MODELINE = "# yaml-language-server: $schema=../schemas/domain.schema.json\n"  # a domain file's first line
+# Domain file texts by domain, and (domains, mailboxes, aliases): as domains.collect_rows returns them.
+Texts = tuple[Mapping[str, str], tuple[int, int, int]]
+
+# A local part that is a dot-string (models.LOCAL_PART_RE) and starts a plain address (printed
+# bare), lower case so that byte order is casefold order; at most 64 characters.
+_LOCAL = r"(?=[^@\n]{1,64}@)[a-z0-9][a-z0-9_+=-]*(?:\.[a-z0-9_+=-]+)*"
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN = rf"(?:{_LABEL}\.)+{_LABEL}"  # models.domain_problem's rule, lower case
+# Every password models.password_ok accepts (its expression, embedded).
+_PASSWORD = r"(?:" + models._PASSWORD_OK_RE.pattern.removesuffix(r"\Z") + r")(?=\n)"
+# The limits (an address at most 254 characters, a password at most 255), checked only for a chunk
+# with a line longer than 254: in a shorter line no field can be longer. The first address's domain
+# part is any domain-shaped text here; that it is the row's domain is counted per domain
+# (``_in_domain``).
+_LONG_ADDRESS, _LONG_LINE, _LONG_PASSWORD = r"(?=[^\t\n]{1,254}\t)", r"(?=[^\n]{1,254}\n)", r"(?=[!-~]{1,255}\n)"
+
+
+def _rows(long: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The users and aliases expressions: a chunk of whole lines, each a row the fast path covers."""
+    first = r"[0-9]+\t" + (_LONG_ADDRESS if long else "")
+    user = rf"{first}{_LOCAL}@[a-z0-9.-]+\t{_LONG_PASSWORD if long else ''}{_PASSWORD}\n"
+    destination = rf"{_LONG_LINE if long else ''}{_LOCAL}@{_DOMAIN}\n"
+    alias = rf"{first}(?:{_LOCAL})?@[a-z0-9.-]+\t{destination}"  # catch-all sources too
+    return re.compile(rf"(?:{user})*+"), re.compile(rf"(?:{alias})*+")
+
+
+_SHORT_ROWS, _LONG_ROWS = _rows(long=False), _rows(long=True)
+_SHORT = 254
+_DUPLICATE = re.compile(r"\n([^\t]++\t[^\t]++\t)[^\n]*+\n\1")  # the same id and address twice, once sorted
+_NEXT_MAILBOX, _PASSWORD_KEY = '"\n  - address: ', '\n    password: "'
+_NEXT_ALIAS, _DESTINATION_KEY = "\n  - source: ", "\n    destination: "
+
+
+def users_ok(chunk: str, lines: list[str]) -> bool:
+    """Whether every line of ``chunk`` (whole users lines, and split) is a mailbox row the fast path covers."""
+    return _chunk_ok(chunk, lines, 0)
+
+
+def aliases_ok(chunk: str, lines: list[str]) -> bool:
+    """Whether every line of ``chunk`` (whole aliases lines, and split) is an alias row the fast path covers."""
+    return _chunk_ok(chunk, lines, 1)
+
+
+def _chunk_ok(chunk: str, lines: list[str], table: int) -> bool:
+    if '"' in chunk or "\\" in chunk:
+        return False  # quoted as a JSON string, or the client's escapes
+    short = max(map(len, lines), default=0) <= _SHORT
+    return (_SHORT_ROWS if short else _LONG_ROWS)[table].fullmatch(chunk) is not None
+
+
+def domain_texts(domain_rows: list[tuple[str, str]], users: list[str], aliases: list[str]) -> Texts | None:
+    """Domain file texts by domain and the counts, from lines ``users_ok``/``aliases_ok`` accepted.
+
+    None when a row needs the row-by-row path: an invalid domain name, a row of a domain id that does
+    not exist, an address outside its domain, a mailbox address twice. Sorts both lists in place and
+    empties them once every domain's rows are checked. Each text is made when it is read (``Lazy``):
+    while the import writes one file, git stages the one before.
+    """
+    names = dict(domain_rows)
+    if any(domain_problem(name) for name in names.values()):
+        return None
+    users.sort()  # grouped by domain id, then ordered by address within it
+    aliases.sort()
+    blocks: dict[str, tuple[str, str, str]] = {}
+    seen_users = seen_aliases = 0
+    for ident, name in names.items():
+        user_block, n_users = _block(users, ident)
+        alias_block, n_aliases = _block(aliases, ident)
+        if n_users and (not _in_domain(user_block, name, n_users) or _DUPLICATE.search("\n" + user_block)):
+            return None
+        if n_aliases and not _in_domain(alias_block, name, n_aliases):
+            return None
+        blocks[name] = (ident, user_block, alias_block)
+        seen_users += n_users
+        seen_aliases += n_aliases
+    if seen_users != len(users) or seen_aliases != len(aliases):
+        return None  # rows of a domain id that does not exist
+    users.clear()
+    aliases.clear()
+    return Lazy(blocks), (len(names), seen_users, seen_aliases)
+
+
+class Lazy(Mapping[str, str]):
+    """Domain file texts by domain (in-memory, during an import), each made from its blocks when read."""
+
+    def __init__(self, blocks: dict[str, tuple[str, str, str]]) -> None:
+        self._blocks = blocks
+
+    def __getitem__(self, domain: str) -> str:
+        return _yaml(domain, *self._blocks[domain])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._blocks)
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+
+def _block(lines: list[str], ident: str) -> tuple[str, int]:
+    """The sorted lines of domain ``ident``, newline-separated, and how many there are."""
+    lo = bisect_left(lines, ident + "\t")
+    hi = bisect_left(lines, ident + "\n", lo)  # "\n" sorts right after "\t": the end of this id's run
+    return "\n".join(lines[lo:hi]), hi - lo
+
+
+def _in_domain(block: str, domain: str, rows: int) -> bool:
+    """Whether each row's first address (one ``@`` and one tab after it, as checked) is in ``domain``."""
+    return block.count(f"@{domain}\t") == rows
+
+
+def _yaml(domain: str, ident: str, users: str, aliases: str) -> str:
+    """``domains.domain_yaml``'s text, from the blocks of one domain."""
+    prefix = ident + "\t"
+    parts = [SCHEMA_MODELINE, f"domain: {domain}\n"]
+    if users:
+        body = users[len(prefix) :].replace("\n" + prefix, _NEXT_MAILBOX).replace("\t", _PASSWORD_KEY)
+        parts += ["mailboxes:\n  - address: ", body, '"\n']
+    else:
+        parts.append("mailboxes: []\n")
+    if aliases:
+        body = aliases[len(prefix) :].replace("\n" + prefix, _NEXT_ALIAS).replace("\t", _DESTINATION_KEY)
+        body = f"  - source: {body}\n".replace(f"  - source: @{domain}\n", f'  - source: "@{domain}"\n')
+        parts += ["aliases:\n", body]
+    else:
+        parts.append("aliases: []\n")
+    return "".join(parts)
