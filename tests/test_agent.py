@@ -33,8 +33,8 @@ import pygit2
 import pytest
 from mailhost import RELAY_SECRET, MailHost
 
-from reconciler.agent.loop import BACKOFF_MAX, backoff
 from reconciler.agent.redact import MASK, Redactor
+from reconciler.agent.schedule import BACKOFF_MAX, backoff
 from reconciler.agent.triggers import Reason, Triggers
 from reconciler.agent.watchers import RefWatcher
 from reconciler.api.auth import bearer_ok, webhook_ok
