@@ -34,8 +34,8 @@ import pytest
 from mailhost import RELAY_SECRET, MailHost
 
 from harness.common import free_port
-from reconciler.agent.loop import BACKOFF_MAX, backoff
 from reconciler.agent.redact import MASK, Redactor
+from reconciler.agent.schedule import BACKOFF_MAX, backoff
 from reconciler.agent.triggers import Reason, Triggers
 from reconciler.agent.watchers import RefWatcher
 from reconciler.api.auth import bearer_ok, webhook_ok
