@@ -35,6 +35,7 @@ from reconciler.errors import Problem
 from reconciler.models import DomainFile, HostFile, outside_path_problem
 from reconciler.parsecache import ParseCache, write_rows
 from reconciler.source import EntryKind, Locator, Snapshot, read_located
+from reconciler.vocab import CONTROL_IN_TEXT, SECRET_NAME, SECRET_REF, Digest
 
 log = structlog.get_logger("reconciler.desired")
 
@@ -47,13 +48,9 @@ MAX_DEPTH = 6  # postfix/a/b/c/d/FILE: deeper trees are a mistake, not a layout
 HOSTS_DIR = "hosts/"
 # Names Postfix config files can safely have: no spaces, no shell or map metacharacters.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
-_SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
-_SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 # Built tables and editor leftovers never belong in the repo: the agent builds tables itself.
 _GENERATED_SUFFIXES = (".db", ".lmdb", ".cdb", ".dir", ".pag", ".swp", "~")
 REQUIRED_POSTFIX_FILES = ("main.cf", "master.cf")
-# C0 controls but tab and newline, DEL, C1 controls and the Unicode line separators.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 
 
 def repo_path(name: str) -> str:
@@ -78,7 +75,7 @@ class DesiredFile:
 Pair = tuple[str, str]
 
 
-def rows_digest(users: Iterable[Pair], aliases: Iterable[Pair]) -> tuple[int, int, int, int]:
+def rows_digest(users: Iterable[Pair], aliases: Iterable[Pair]) -> Digest:
     """(user count, XOR of MD5s, alias count, XOR of MD5s) of a domain's rows.
 
     Order-independent, and the same as ``observed`` computes in SQL over ``email\0password`` and
@@ -106,7 +103,7 @@ class DomainData:
     name: str
     path: str
     blob_id: str
-    digest: tuple[int, int, int, int]
+    digest: Digest
     alias_keys: tuple[Pair, ...]  # case-folded (source, destination), in file order
     load: Callable[[], tuple[tuple[Pair, ...], tuple[Pair, ...]]] = field(repr=False, compare=False)
 
@@ -344,7 +341,7 @@ def parse_host_file(path: str, data: bytes) -> tuple[HostFile | None, list[Probl
 
 Rows = tuple[tuple[Pair, ...], tuple[Pair, ...]]
 # (domain, users, aliases, digest, case-folded alias pairs) of a valid domain file.
-ParsedRows = tuple[str, tuple[Pair, ...], tuple[Pair, ...], tuple[int, int, int, int], tuple[Pair, ...]]
+ParsedRows = tuple[str, tuple[Pair, ...], tuple[Pair, ...], Digest, tuple[Pair, ...]]
 ParseOutcome = tuple[tuple[Problem, ...], ParsedRows | None]
 # Parsing is CPU-bound (~8 us a mailbox on the fast path, ~18 us through PyYAML): above this many
 # bytes of domain files to parse, both cores work on it. Worker processes are spawned (not forked:
@@ -452,7 +449,7 @@ def text_problems(path: str, data: bytes) -> list[Problem]:
         return [Problem(path, data[: exc.start].count(b"\n") + 1, "not valid UTF-8 text")]
     out: list[Problem] = []
     last_line = 0
-    for m in _CONTROL.finditer(text):
+    for m in CONTROL_IN_TEXT.finditer(text):
         number = text.count("\n", 0, m.start()) + 1
         if number != last_line:
             ch = m.group(0)
@@ -469,12 +466,12 @@ def secret_refs(path: str, text: str) -> tuple[frozenset[str], list[Problem]]:
     if "${secret:" not in text:
         return frozenset(), problems  # the common case, and a million-line map costs no line loop
     for number, line in enumerate(text.split("\n"), start=1):
-        for m in _SECRET_REF.finditer(line):
-            if _SECRET_NAME.match(m.group(1)):
+        for m in SECRET_REF.finditer(line):
+            if SECRET_NAME.match(m.group(1)):
                 names.add(m.group(1))
             else:
                 problems.append(Problem(path, number, f"invalid secret name {m.group(1)!r}"))
-        if "${secret:" in _SECRET_REF.sub("", line):
+        if "${secret:" in SECRET_REF.sub("", line):
             problems.append(Problem(path, number, "unterminated ${secret:...} placeholder"))
     return frozenset(names), problems
 

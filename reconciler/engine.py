@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from reconciler.apply import NO_FAULTS, Applier, ApplyFailed, ApplyResult, Faults, host_lock, recover, repair_digests
-from reconciler.db import connect
+from reconciler.db import Connection, connect
 from reconciler.desired import HostSpec, host_specs
 from reconciler.errors import Fault, InvalidRevision, PermanentError, ReconcilerError, SourceError
 from reconciler.fleet import WaveCheck, read_fleet, wave_check
@@ -162,7 +162,9 @@ def managed_inventory(cfg: AgentConfig, state: StateDir) -> Inventory:
     return Inventory(inventory.revision, keep, tables)
 
 
-def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, *, full_scan: bool = False) -> Planned:
+def make_plan(
+    cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Connection, *, full_scan: bool = False
+) -> Planned:
     """Check the signature, validate the revision, observe the host, plan and apply the policies.
 
     Raises ``PermanentError`` subclasses (``InvalidRevision``, ``SignatureRejected``,

@@ -20,9 +20,9 @@ from typing import Any
 from reconciler.cfparse import diff_parameters, parse_main_cf, parse_master_cf
 from reconciler.desired import DomainData, rows_digest
 from reconciler.postfix import built_suffixes
+from reconciler.vocab import SECRET_REF_BYTES, Digest, Table
 
 RESTART_PARAMETERS = ("inet_interfaces", "inet_protocols")
-MASK = "********"
 
 
 class Kind(StrEnum):
@@ -106,7 +106,7 @@ class DomainRows:
         users: UserRows | None = None,
         aliases: AliasRows | None = None,
         *,
-        digest: tuple[int, int, int, int] | None = None,
+        digest: Digest | None = None,
         load: Callable[[], tuple[UserRows, AliasRows]] | None = None,
     ) -> None:
         self._users = users
@@ -128,7 +128,7 @@ class DomainRows:
     def aliases(self) -> AliasRows:
         return self._rows()[1]
 
-    def digest(self) -> tuple[int, int, int, int]:
+    def digest(self) -> Digest:
         """(user count, XOR digest, alias count, XOR digest), the same as ``observed`` computes in SQL."""
         if self._digest is None:
             self._digest = rows_digest(self.users.values(), self.aliases.values())
@@ -221,7 +221,7 @@ class RowChange:
     """Insert, update or delete one row, keyed by its natural key."""
 
     action: Action
-    table: str
+    table: Table
     key: str
     domain: str
     before: Mapping[str, str] | None = field(repr=False)
@@ -262,7 +262,7 @@ class Plan:
     managed_tables: tuple[TableDecl, ...] = ()
     # Per-domain digests the rows of every domain with row changes have once the plan ran (what the
     # triggers would leave in reconciler_digest): a bulk apply writes them instead of re-hashing.
-    row_digests: Mapping[str, tuple[int, int, int, int]] = field(default_factory=dict, repr=False)
+    row_digests: Mapping[str, Digest] = field(default_factory=dict, repr=False)
     host: str = ""  # the fleet host planned for ("" outside a fleet)
 
     @property
@@ -396,8 +396,8 @@ def _suffixes_of(desired: Desired, name: str) -> tuple[str, ...] | None:
     return None
 
 
-def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange], dict[str, tuple[int, int, int, int]]]:
-    digests: dict[str, tuple[int, int, int, int]] = {}
+def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange], dict[str, Digest]]:
+    digests: dict[str, Digest] = {}
     creates: list[RowChange] = []
     middle: list[RowChange] = []
     deletes: list[RowChange] = []
@@ -412,9 +412,9 @@ def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange],
         want = desired.domains.get(name) if key in wanted else None
         have = observed.domains.get(live[key]) if key in live else None
         if want is not None and have is None:
-            creates.append(RowChange(Action.CREATE, "virtual_domains", name, name, None, {"name": name}))
+            creates.append(RowChange(Action.CREATE, Table.DOMAINS, name, name, None, {"name": name}))
         elif want is not None and live[key] != name:
-            creates.append(RowChange(Action.UPDATE, "virtual_domains", name, name, {"name": live[key]}, {"name": name}))
+            creates.append(RowChange(Action.UPDATE, Table.DOMAINS, name, name, {"name": live[key]}, {"name": name}))
         w = want or empty
         h = have or empty
         if want is not None:
@@ -425,11 +425,11 @@ def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange],
             for email in sorted(users):
                 address, hashed = users[email]
                 row = {"email": address, "password": hashed}
-                middle.append(RowChange(Action.CREATE, "virtual_users", email, name, None, row))
+                middle.append(RowChange(Action.CREATE, Table.USERS, email, name, None, row))
             for pair in sorted(aliases):
                 source, destination = aliases[pair]
                 row = {"source": source, "destination": destination}
-                middle.append(RowChange(Action.CREATE, "virtual_aliases", f"{pair[0]} -> {pair[1]}", name, None, row))
+                middle.append(RowChange(Action.CREATE, Table.ALIASES, f"{pair[0]} -> {pair[1]}", name, None, row))
             continue
         for email in sorted(set(w.users) | set(h.users)):
             a, b = h.users.get(email), w.users.get(email)
@@ -438,7 +438,7 @@ def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange],
             before = {"email": a[0], "password": a[1]} if a else None
             after = {"email": b[0], "password": b[1]} if b else None
             action = Action.CREATE if a is None else Action.DELETE if b is None else Action.UPDATE
-            middle.append(RowChange(action, "virtual_users", email, name, before, after))
+            middle.append(RowChange(action, Table.USERS, email, name, before, after))
         for pair in sorted(set(w.aliases) | set(h.aliases)):
             c, d = h.aliases.get(pair), w.aliases.get(pair)
             if c == d:
@@ -446,9 +446,9 @@ def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange],
             before = {"source": c[0], "destination": c[1]} if c else None
             after = {"source": d[0], "destination": d[1]} if d else None
             action = Action.CREATE if c is None else Action.DELETE if d is None else Action.UPDATE
-            middle.append(RowChange(action, "virtual_aliases", f"{pair[0]} -> {pair[1]}", name, before, after))
+            middle.append(RowChange(action, Table.ALIASES, f"{pair[0]} -> {pair[1]}", name, before, after))
         if want is None and have is not None:
-            deletes.append(RowChange(Action.DELETE, "virtual_domains", name, name, {"name": live[key]}, None))
+            deletes.append(RowChange(Action.DELETE, Table.DOMAINS, name, name, {"name": live[key]}, None))
     return [*creates, *middle, *deletes], digests
 
 
@@ -492,7 +492,6 @@ def _content_changed(change: FileChange) -> bool:
 # ------------------------------------------------------------------------------------------------
 # Secret masking and rendering helpers (pure)
 
-_SECRET_REF = re.compile(rb"\$\{secret:([A-Za-z0-9][A-Za-z0-9_.-]*)\}")
 
 
 def mask_live(
@@ -509,9 +508,9 @@ def mask_live(
     """
     patterns: list[tuple[re.Pattern[bytes], bytes, list[str]]] = []
     for tline in template.split(b"\n") if b"${secret:" in template else ():
-        names = [m.group(1).decode() for m in _SECRET_REF.finditer(tline)]
+        names = [m.group(1).decode() for m in SECRET_REF_BYTES.finditer(tline)]
         if names:
-            parts = _SECRET_REF.split(tline)
+            parts = SECRET_REF_BYTES.split(tline)
             source = b"".join(re.escape(p) if i % 2 == 0 else b"(.*?)" for i, p in enumerate(parts))
             patterns.append((re.compile(source + b"\\Z", re.S), tline, names))
     if not patterns and not secret_file:
@@ -525,7 +524,7 @@ def mask_live(
     template_lines = set(template.split(b"\n"))
     # A hidden line keeps its head (key, parameter name) only where the template has a line with
     # the same head and no placeholder in it: a head is never a secret then.
-    safe_heads = {_head(t) for t in template_lines if not _SECRET_REF.search(_head(t))} - {b""}
+    safe_heads = {_head(t) for t in template_lines if not SECRET_REF_BYTES.search(_head(t))} - {b""}
     changed: list[str] = []
     out: list[bytes] = []
     for line in live.split(b"\n"):
@@ -650,7 +649,7 @@ def lazy_domain_rows(data: DomainData) -> DomainRows:
 
 def render_file(template: bytes, secrets: Mapping[str, bytes]) -> bytes:
     """The template with every ``${secret:NAME}`` replaced by its value."""
-    return _SECRET_REF.sub(lambda m: secrets[m.group(1).decode()], template)
+    return SECRET_REF_BYTES.sub(lambda m: secrets[m.group(1).decode()], template)
 
 
 def desired_from(

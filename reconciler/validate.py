@@ -47,12 +47,12 @@ from reconciler.postfix import (
     table_refs,
 )
 from reconciler.source import Snapshot
+from reconciler.vocab import SECRET_REF_BYTES
 
 DEFAULT_LIVE_CONFIG_DIR = "/etc/postfix"
 DEFAULT_OUTSIDE_PATHS: tuple[str, ...] = ("/etc/aliases",)
 OUTSIDE_STAGE = ".rootfs"  # outside tables are staged here (a name no repo file can have)
 DUMMY_SECRET = "Dummy-Secret-0"  # noqa: S105 - a placeholder value for staging, not a credential
-_SECRET_REF = re.compile(rb"\$\{secret:[^}]*\}")
 # "file /x/master.cf: line 12: ..." and "/x/canonical, line 3: ..." and "cidr map /x/a.cidr, line 2: ..."
 _LINE_REF = re.compile(r"(?P<path>/[^\s,:]+)(?::|,) line (?P<line>\d+):? ?")
 _FILE_REF = re.compile(r"(?P<path>/[^\s,:]+): ")
@@ -243,7 +243,7 @@ def stage_files(
     for name, f in files.items():
         data = f.template.replace(live, str(stage).encode() + b"/")
         if f.secrets:
-            data = _SECRET_REF.sub(
+            data = SECRET_REF_BYTES.sub(
                 lambda m: _secret_value(m.group(0), secrets),
                 data,
             )
