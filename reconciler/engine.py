@@ -158,7 +158,7 @@ def managed_inventory(cfg: AgentConfig, state: StateDir) -> Inventory:
     keep = frozenset(n for n in inventory.files if not n.startswith("/") or n in allowed)
     if keep == inventory.files:
         return inventory
-    tables = tuple(t for t in inventory.tables if not t[0].startswith("/") or t[0] in allowed)
+    tables = tuple(t for t in inventory.tables if not t.name.startswith("/") or t.name in allowed)
     return Inventory(inventory.revision, keep, tables)
 
 

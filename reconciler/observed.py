@@ -18,9 +18,10 @@ import pymysql.cursors
 import structlog
 
 from reconciler.db import DIGEST_JOINS, Connection
-from reconciler.plan import Desired, DomainRows, LiveFile, Observed, TableDecl
+from reconciler.plan import Desired, DomainRows, LiveFile, Observed
 from reconciler.postfix import live_path, postfix_cmd
 from reconciler.state import Inventory
+from reconciler.tables import TableDecl
 from reconciler.vocab import Digest
 
 log = structlog.get_logger("reconciler.observed")
@@ -179,7 +180,7 @@ def observe(
     return Observed(
         files=files,
         managed_files=frozenset(inventory.files),
-        managed_tables=tuple(TableDecl(*t) for t in inventory.tables),
+        managed_tables=inventory.tables,
         stale_tables=stale_tables(config_dir, desired.tables),
         domains=domain_rows(conn, differing),
         unchanged_domains=unchanged,

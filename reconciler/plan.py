@@ -19,7 +19,7 @@ from typing import Any
 
 from reconciler.cfparse import diff_parameters, parse_main_cf, parse_master_cf
 from reconciler.desired import DomainData, rows_digest
-from reconciler.postfix import built_suffixes
+from reconciler.tables import TableDecl
 from reconciler.vocab import SECRET_REF_BYTES, Digest, Table
 
 RESTART_PARAMETERS = ("inet_interfaces", "inet_protocols")
@@ -70,22 +70,6 @@ class LiveFile:
     content: bytes = field(repr=False)
     mode: int
     group: str
-
-
-@dataclass(frozen=True)
-class TableDecl:
-    """A built table: its source file, Postfix type and builder (postmap or postalias)."""
-
-    name: str
-    type: str
-    builder: str
-    # The validation's build of the very same bytes, kept in the parse cache ("" if none).
-    build_key: str = field(default="", compare=False)
-
-    @property
-    def built_suffixes(self) -> tuple[str, ...]:
-        """Suffixes of the files postmap/postalias create beside the source."""
-        return built_suffixes(self.type)
 
 
 UserRows = Mapping[str, tuple[str, str]]  # lower-cased address -> (email, password)
@@ -662,7 +646,7 @@ def desired_from(
     host: str = "",
     origins: Mapping[str, str] | None = None,
 ) -> Desired:
-    """``Desired`` from validated ``DesiredFile``s, ``TableSpec``s and domain rows.
+    """``Desired`` from validated ``DesiredFile``s, ``TableDecl``s and domain rows.
 
     ``origins`` says, per file name, what makes a fleet host's file host-specific.
     """
@@ -678,5 +662,5 @@ def desired_from(
             SECRET_FILE_GROUP if holds else "root",
             (origins or {}).get(name, ""),
         )
-    decls = tuple(TableDecl(t.name, t.type, t.builder, t.build_key) for t in tables if t.builder)
+    decls = tuple(t for t in tables if t.builder)
     return Desired(revision, specs, decls, domains, host)

@@ -25,10 +25,10 @@ from reconciler.plan import (
     Observed,
     RowChange,
     TableChange,
-    TableDecl,
     plan,
     render_file,
 )
+from reconciler.tables import TableDecl
 
 DOMAINS = ("a.example", "b.example", "c.example")
 LOCALS = ("ann", "bob", "cy")

@@ -23,13 +23,13 @@ from reconciler.postfix import (
     INDEXED_TYPES,
     TEXT_TYPES,
     TableRef,
-    built_suffixes,
     parse_parameters,
     postalias,
     postconf,
     postmap,
     table_refs,
 )
+from reconciler.tables import built_suffixes
 
 # Lookup table types whose config file is imported (with its password turned into a secret).
 CONFIG_TYPES = {"mysql": "password", "pgsql": "password", "ldap": "bind_pw", "sqlite": ""}
