@@ -18,8 +18,10 @@ import pymysql.cursors
 import structlog
 
 from reconciler.db import DIGEST_JOINS, Connection
-from reconciler.plan import Desired, DomainRows, LiveFile, Observed
+from reconciler.desired import Desired
+from reconciler.plan import LiveFile, Observed
 from reconciler.postfix import live_path, postfix_cmd
+from reconciler.rows import DomainRows
 from reconciler.state import Inventory
 from reconciler.tables import TableDecl
 from reconciler.vocab import Digest
@@ -128,7 +130,7 @@ def domain_digests(conn: Connection, *, full_scan: bool = False) -> Digests:
     return read_digests(conn, full_scan=full_scan)[0]
 
 
-def domain_rows(conn: Connection, names: list[str]) -> dict[str, DomainRows]:
+def read_domain_rows(conn: Connection, names: list[str]) -> dict[str, DomainRows]:
     """Full rows of the named domains, streamed with a server-side cursor."""
     out: dict[str, tuple[dict[str, tuple[str, str]], dict[tuple[str, str], tuple[str, str]]]] = {
         n: ({}, {}) for n in names
@@ -182,7 +184,7 @@ def observe(
         managed_files=frozenset(inventory.files),
         managed_tables=inventory.tables,
         stale_tables=stale_tables(config_dir, desired.tables),
-        domains=domain_rows(conn, differing),
+        domains=read_domain_rows(conn, differing),
         unchanged_domains=unchanged,
         postfix_running=postfix_running(config_dir),
         secrets=secrets,

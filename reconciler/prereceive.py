@@ -28,7 +28,7 @@ from pathlib import Path
 
 import structlog
 
-from reconciler.desired import DesiredState, build_desired
+from reconciler.desired import ParsedRevision, build_desired
 from reconciler.engine import check_signature, deletion_guard
 from reconciler.errors import PermanentError, Problem, ReconcilerError
 from reconciler.models import AgentConfig
@@ -85,7 +85,7 @@ def parse_updates(lines: Iterable[str]) -> list[RefUpdate]:
     return updates
 
 
-def _row_keys(desired: DesiredState) -> set[tuple[str, ...]]:
+def _row_keys(desired: ParsedRevision) -> set[tuple[str, ...]]:
     """Every row the domain files describe, keyed as the plan compares them (case-folded)."""
     keys: set[tuple[str, ...]] = set()
     for name, data in desired.domains.items():
@@ -97,7 +97,7 @@ def _row_keys(desired: DesiredState) -> set[tuple[str, ...]]:
 
 
 def _deletion_problems(
-    cfg: AgentConfig, repo: Path, update: RefUpdate, new: Snapshot, desired: DesiredState
+    cfg: AgentConfig, repo: Path, update: RefUpdate, new: Snapshot, desired: ParsedRevision
 ) -> list[str]:
     if update.creates:
         return []  # a new branch replaces no rows of it

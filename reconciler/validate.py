@@ -24,8 +24,8 @@ from reconciler.desired import (
     HOSTS_DIR,
     POSTFIX_DIR,
     DesiredFile,
-    DesiredState,
     HostSpec,
+    ParsedRevision,
     build_desired,
     host_tree,
     repo_path,
@@ -86,7 +86,7 @@ MYSQL_KEYS = frozenset(
 class Validated:
     """A revision after every check (in-memory result): its state, its tables and its problems."""
 
-    desired: DesiredState
+    desired: ParsedRevision
     tables: tuple[TableDecl, ...]
     problems: tuple[Problem, ...]
     # Not problems: what is left alone (outside tables this host does not manage), said once.

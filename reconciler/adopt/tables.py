@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.adopt.secrets import Secrets, secret_config, secret_map
-from reconciler.desired import POSTFIX_DIR, ROOTFS_DIR
+from reconciler.desired import POSTFIX_DIR, ROOTFS_DIR, SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.errors import Problem, ReconcilerError
-from reconciler.plan import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.postfix import (
     INDEXED_TYPES,
     TEXT_TYPES,
