@@ -96,12 +96,12 @@ def connect(cfg: MysqlConfig, *, autocommit: bool = False) -> Connection:
     raise TemporaryError(f"cannot connect to MySQL as {cfg.user}: " + "; ".join(errors))
 
 
-def server_of(conn: Any) -> str:
+def server_of(conn: Connection) -> str:
     """``host:port`` of a connection (for logs and the status)."""
     return f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
 
 
-def _ready(conn: Any) -> bool:
+def _ready(conn: Connection) -> bool:
     """Whether a server accepts queries: not a Galera node outside the primary component."""
     try:
         with conn.cursor() as cur:

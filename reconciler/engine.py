@@ -20,15 +20,15 @@ from typing import Any
 import structlog
 
 from reconciler.apply import NO_FAULTS, Applier, ApplyFailed, ApplyResult, Faults, host_lock, recover, repair_digests
-from reconciler.db import connect
-from reconciler.desired import HostSpec, host_specs
+from reconciler.db import Connection, connect
+from reconciler.desired import HostSpec, desired_for, host_specs
 from reconciler.errors import Fault, InvalidRevision, PermanentError, ReconcilerError, SourceError
 from reconciler.fleet import WaveCheck, read_fleet, wave_check
 from reconciler.models import AgentConfig
 from reconciler.observed import observe
 from reconciler.outcome import fault_of
 from reconciler.parsecache import ParseCache
-from reconciler.plan import Action, Observed, Plan, desired_from, lazy_domain_rows, plan
+from reconciler.plan import Action, Observed, Plan, plan
 from reconciler.secrets import load_secrets
 from reconciler.signatures import SignatureRejected, verify_commit
 from reconciler.source import Snapshot, open_snapshot
@@ -158,11 +158,13 @@ def managed_inventory(cfg: AgentConfig, state: StateDir) -> Inventory:
     keep = frozenset(n for n in inventory.files if not n.startswith("/") or n in allowed)
     if keep == inventory.files:
         return inventory
-    tables = tuple(t for t in inventory.tables if not t[0].startswith("/") or t[0] in allowed)
+    tables = tuple(t for t in inventory.tables if not t.name.startswith("/") or t.name in allowed)
     return Inventory(inventory.revision, keep, tables)
 
 
-def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, *, full_scan: bool = False) -> Planned:
+def make_plan(
+    cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Connection, *, full_scan: bool = False
+) -> Planned:
     """Check the signature, validate the revision, observe the host, plan and apply the policies.
 
     Raises ``PermanentError`` subclasses (``InvalidRevision``, ``SignatureRejected``,
@@ -178,17 +180,8 @@ def make_plan(cfg: AgentConfig, snapshot: Snapshot, state: StateDir, conn: Any, 
         raise InvalidRevision(list(validated.problems))
     names = {n for f in validated.desired.files.values() for n in f.secrets}
     secrets = load_secrets(cfg.secrets.dir, names)
-    rows = {name: lazy_domain_rows(data) for name, data in validated.desired.domains.items()}
+    desired = desired_for(validated.desired, validated.tables, secrets)
     spec = validated.desired.host
-    desired = desired_from(
-        snapshot.revision,
-        validated.desired.files,
-        validated.tables,
-        rows,
-        secrets,
-        host=spec.name if spec is not None else "",
-        origins=host_origins(spec) if spec is not None else None,
-    )
     observed = observe(
         Path(cfg.postfix.config_dir), desired, managed_inventory(cfg, state), conn, secrets, full_scan=full_scan
     )
@@ -210,15 +203,6 @@ def wave_gate(cfg: AgentConfig, rev: str) -> tuple[int, WaveCheck] | None:
         return None
     waves = {name: spec.wave for name, spec in hosts.items()}
     return hosts[me].wave, wave_check(read_fleet(cfg), me, rev, waves)
-
-
-def host_origins(spec: HostSpec) -> dict[str, str]:
-    """Per file name, what makes it host-specific on ``spec``'s host (``diff`` shows it)."""
-    out = {name: f"hosts/{spec.name}/postfix/{name}" for name in spec.files}
-    if spec.main_cf:
-        params = ", ".join(sorted(spec.main_cf))
-        out["main.cf"] = out.get("main.cf", "postfix/main.cf") + f" with {spec.path} main_cf: {params}"
-    return out
 
 
 def diff(cfg: AgentConfig, rev: str | None, *, full_scan: bool = False) -> Planned:

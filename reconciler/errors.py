@@ -9,10 +9,11 @@ one finding of a check, printed as ``path[:line]: message``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+
+from reconciler.vocab import CONTROL
 
 
 class Fault(StrEnum):
@@ -74,11 +75,10 @@ class ToolError(ReconcilerError):
     """A Postfix or database tool could not be run (missing binary, crash)."""
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _escape(text: str) -> str:
-    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+    return CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 def _problem_key(p: Problem) -> tuple[str, int, str]:

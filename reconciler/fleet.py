@@ -22,7 +22,7 @@ from typing import Any
 import pymysql.err
 import structlog
 
-from reconciler.db import connect
+from reconciler.db import Connection, connect
 from reconciler.models import AgentConfig
 from reconciler.status import Fleet, FleetHost
 
@@ -62,7 +62,7 @@ def record_applied(cur: Any, host: str, wave: int, revision: str, apply_id: str)
     )
 
 
-def applied_apply_id(conn: Any, host: str) -> str | None:
+def applied_apply_id(conn: Connection, host: str) -> str | None:
     """The id of the last apply this host committed (None: no row, or no table before init-db)."""
     with conn.cursor() as cur:
         causal(cur)
@@ -90,7 +90,7 @@ class Report:
     waiting_for: tuple[str, ...] = ()
 
 
-def report(conn: Any, r: Report) -> None:
+def report(conn: Connection, r: Report) -> None:
     """Upsert this host's row (autocommit connection); ``last_seen`` is the database's UTC now."""
     with conn.cursor() as cur:
         cur.execute(
@@ -113,7 +113,7 @@ def report(conn: Any, r: Report) -> None:
         )
 
 
-def read_hosts(conn: Any, host_timeout: float) -> Fleet:
+def read_hosts(conn: Connection, host_timeout: float) -> Fleet:
     """Every ``reconciler_hosts`` row, by wave then name; ``stale`` past ``host_timeout`` unseen."""
     with conn.cursor() as cur:
         causal(cur)

@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 
+from reconciler.vocab import MASK
+
 _SECRET_VALUES: set[str] = set()
 
 
@@ -29,7 +31,7 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
         if isinstance(value, str):
             for secret in _SECRET_VALUES:
                 if secret in value:
-                    value = value.replace(secret, "***")
+                    value = value.replace(secret, MASK)
             event[key] = value
     return event
 

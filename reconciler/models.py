@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from reconciler.vocab import CONTROL
+
 # RFC 5321 "atext" for a dot-string local part. Quoted local parts are refused on purpose: Postfix
 # tables, SQL rows and MUAs disagree on their canonical form, and no hosted mailbox needs one.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -49,13 +51,12 @@ _PASSWORD_PATTERN = (
 )
 
 
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 _SPACE_RE = re.compile(r"\s")
 
 
 def control_char_problem(value: str) -> str | None:
     """Why ``value`` cannot go into a table or row (a control character or whitespace), else None."""
-    bad = _CONTROL_RE.search(value)
+    bad = CONTROL.search(value)
     if bad:
         return f"contains control character {bad.group(0)!r}"
     if _SPACE_RE.search(value):
@@ -250,7 +251,7 @@ def _main_cf_overrides(v: dict[str, str]) -> dict[str, str]:
     for name, value in v.items():
         if not _PARAM_RE.match(name):
             raise ValueError(f"{name!r} is not a main.cf parameter name (letters, digits and '_')")
-        bad = _CONTROL_RE.search(value)
+        bad = CONTROL.search(value)
         if bad:
             raise ValueError(f"{name}: value contains control character {bad.group(0)!r}")
     return v

@@ -17,10 +17,14 @@ from typing import Any
 import pymysql.cursors
 import structlog
 
-from reconciler.db import DIGEST_JOINS
-from reconciler.plan import Desired, DomainRows, LiveFile, Observed, TableDecl
+from reconciler.db import DIGEST_JOINS, Connection
+from reconciler.desired import Desired
+from reconciler.plan import LiveFile, Observed
 from reconciler.postfix import live_path, postfix_cmd
+from reconciler.rows import DomainRows
 from reconciler.state import Inventory
+from reconciler.tables import TableDecl
+from reconciler.vocab import Digest
 
 log = structlog.get_logger("reconciler.observed")
 
@@ -84,7 +88,7 @@ def postfix_running(config_dir: Path) -> bool:
     return postfix_cmd(config_dir, "status", timeout=30).returncode == 0
 
 
-Digests = dict[str, tuple[int, int, int, int]]
+Digests = dict[str, Digest]
 
 
 def _digests(cur: Any, sql: str) -> Digests:
@@ -92,7 +96,7 @@ def _digests(cur: Any, sql: str) -> Digests:
     return {str(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in cur.fetchall()}
 
 
-def read_digests(conn: Any, *, full_scan: bool = False) -> tuple[Digests, bool]:
+def read_digests(conn: Connection, *, full_scan: bool = False) -> tuple[Digests, bool]:
     """Per-domain (user count, digest, alias count, digest) of the live rows, and whether the stored ones are stale.
 
     With the triggers of schemas/mysql.sql in place, read from ``reconciler_digest`` (one row a
@@ -121,12 +125,12 @@ def read_digests(conn: Any, *, full_scan: bool = False) -> tuple[Digests, bool]:
         return scanned, stale
 
 
-def domain_digests(conn: Any, *, full_scan: bool = False) -> Digests:
+def domain_digests(conn: Connection, *, full_scan: bool = False) -> Digests:
     """The per-domain digests of the live rows (``read_digests`` without the staleness flag)."""
     return read_digests(conn, full_scan=full_scan)[0]
 
 
-def domain_rows(conn: Any, names: list[str]) -> dict[str, DomainRows]:
+def read_domain_rows(conn: Connection, names: list[str]) -> dict[str, DomainRows]:
     """Full rows of the named domains, streamed with a server-side cursor."""
     out: dict[str, tuple[dict[str, tuple[str, str]], dict[tuple[str, str], tuple[str, str]]]] = {
         n: ({}, {}) for n in names
@@ -159,7 +163,7 @@ def observe(
     config_dir: Path,
     desired: Desired,
     inventory: Inventory,
-    conn: Any,
+    conn: Connection,
     secrets: Mapping[str, bytes],
     *,
     full_scan: bool = False,
@@ -178,9 +182,9 @@ def observe(
     return Observed(
         files=files,
         managed_files=frozenset(inventory.files),
-        managed_tables=tuple(TableDecl(*t) for t in inventory.tables),
+        managed_tables=inventory.tables,
         stale_tables=stale_tables(config_dir, desired.tables),
-        domains=domain_rows(conn, differing),
+        domains=read_domain_rows(conn, differing),
         unchanged_domains=unchanged,
         postfix_running=postfix_running(config_dir),
         secrets=secrets,

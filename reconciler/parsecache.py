@@ -24,6 +24,7 @@ import structlog
 
 from reconciler import __version__
 from reconciler.state import atomic_write
+from reconciler.vocab import Digest
 
 log = structlog.get_logger("reconciler.parsecache")
 
@@ -36,7 +37,7 @@ class CachedDomain:
     """What the index knows of one valid domain blob (in-memory)."""
 
     domain: str
-    digest: tuple[int, int, int, int]
+    digest: Digest
     alias_keys: tuple[Pair, ...]  # case-folded (source, destination), in file order
 
 
@@ -107,7 +108,7 @@ class ParseCache:
         return rows_dir
 
     def remember(
-        self, blob_id: str, domain: str, digest: tuple[int, int, int, int], alias_keys: tuple[Pair, ...]
+        self, blob_id: str, domain: str, digest: Digest, alias_keys: tuple[Pair, ...]
     ) -> None:
         """Index a valid blob whose rows file ``write_rows`` has written."""
         self._index[blob_id] = CachedDomain(domain, digest, alias_keys)

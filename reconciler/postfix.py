@@ -155,11 +155,6 @@ def postconf(config_dir: Path, *args: str) -> ToolResult:
     return run_tool(["postconf", "-c", str(config_dir), *args])
 
 
-def built_suffixes(table_type: str) -> tuple[str, ...]:
-    """Suffixes of the files postmap/postalias create beside a source of this type."""
-    return {"hash": (".db",), "btree": (".db",), "lmdb": (".lmdb",), "cdb": (".cdb",)}.get(table_type, (".dir", ".pag"))
-
-
 def postmap(config_dir: Path, *args: str) -> ToolResult:
     """``postmap -c config_dir ARGS``."""
     return run_tool(["postmap", "-c", str(config_dir), *args])

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import structlog
 
-from reconciler.desired import DesiredState, build_desired
+from reconciler.desired import ParsedRevision, build_desired
 from reconciler.engine import check_signature, deletion_guard
 from reconciler.errors import PermanentError, Problem, ReconcilerError
 from reconciler.models import AgentConfig
 from reconciler.source import Snapshot, open_snapshot
 from reconciler.validate import validate_snapshot
+from reconciler.vocab import Table
 
 log = structlog.get_logger("reconciler.prereceive")
 
@@ -84,19 +85,19 @@ def parse_updates(lines: Iterable[str]) -> list[RefUpdate]:
     return updates
 
 
-def _row_keys(desired: DesiredState) -> set[tuple[str, ...]]:
+def _row_keys(desired: ParsedRevision) -> set[tuple[str, ...]]:
     """Every row the domain files describe, keyed as the plan compares them (case-folded)."""
     keys: set[tuple[str, ...]] = set()
     for name, data in desired.domains.items():
-        keys.add(("virtual_domains", name.casefold()))
+        keys.add((Table.DOMAINS, name.casefold()))
         users, _ = data.load()
-        keys.update(("virtual_users", email.casefold()) for email, _password in users)
-        keys.update(("virtual_aliases", source, destination) for source, destination in data.alias_keys)
+        keys.update((Table.USERS, email.casefold()) for email, _password in users)
+        keys.update((Table.ALIASES, source, destination) for source, destination in data.alias_keys)
     return keys
 
 
 def _deletion_problems(
-    cfg: AgentConfig, repo: Path, update: RefUpdate, new: Snapshot, desired: DesiredState
+    cfg: AgentConfig, repo: Path, update: RefUpdate, new: Snapshot, desired: ParsedRevision
 ) -> list[str]:
     if update.creates:
         return []  # a new branch replaces no rows of it

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from reconciler.errors import Problem
-from reconciler.plan import MASK, Action, FileChange, Plan, RowChange, ServiceChange, TableChange
+from reconciler.plan import Action, FileChange, Plan, RowChange, ServiceChange, TableChange
+from reconciler.vocab import MASK
 
 _COLOURS = {"+": "\033[32m", "-": "\033[31m", "@": "\033[36m", "~": "\033[33m"}
 _RESET = "\033[0m"

@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from reconciler.tables import TableDecl
+
 log = structlog.get_logger("reconciler.state")
 
 
@@ -69,17 +71,18 @@ class Inventory:
 
     revision: str | None
     files: frozenset[str]
-    tables: tuple[tuple[str, str, str], ...]  # (name, type, builder)
+    tables: tuple[TableDecl, ...]  # persisted as [name, type, builder]
 
     def to_json(self) -> dict[str, Any]:
-        return {"revision": self.revision, "files": sorted(self.files), "tables": [list(t) for t in self.tables]}
+        tables = [[t.name, t.type, t.builder] for t in self.tables]
+        return {"revision": self.revision, "files": sorted(self.files), "tables": tables}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> Inventory:
         if not data:
             return cls(None, frozenset(), ())
         try:
-            tables = tuple((str(t[0]), str(t[1]), str(t[2])) for t in data.get("tables", []))
+            tables = tuple(TableDecl(str(t[0]), str(t[1]), str(t[2])) for t in data.get("tables", []))
             return cls(data.get("revision"), frozenset(str(f) for f in data.get("files", [])), tables)
         except (TypeError, IndexError, AttributeError) as exc:  # hand-edited or torn: start afresh
             log.warning("state.inventory_unreadable", error=str(exc))

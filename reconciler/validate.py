@@ -24,8 +24,8 @@ from reconciler.desired import (
     HOSTS_DIR,
     POSTFIX_DIR,
     DesiredFile,
-    DesiredState,
     HostSpec,
+    ParsedRevision,
     build_desired,
     host_tree,
     repo_path,
@@ -38,7 +38,6 @@ from reconciler.postfix import (
     TableRef,
     ToolResult,
     backdate,
-    built_suffixes,
     parse_parameters,
     postalias,
     postconf,
@@ -47,12 +46,13 @@ from reconciler.postfix import (
     table_refs,
 )
 from reconciler.source import Snapshot
+from reconciler.tables import TableDecl, built_suffixes
+from reconciler.vocab import SECRET_REF_BYTES
 
 DEFAULT_LIVE_CONFIG_DIR = "/etc/postfix"
 DEFAULT_OUTSIDE_PATHS: tuple[str, ...] = ("/etc/aliases",)
 OUTSIDE_STAGE = ".rootfs"  # outside tables are staged here (a name no repo file can have)
 DUMMY_SECRET = "Dummy-Secret-0"  # noqa: S105 - a placeholder value for staging, not a credential
-_SECRET_REF = re.compile(rb"\$\{secret:[^}]*\}")
 # "file /x/master.cf: line 12: ..." and "/x/canonical, line 3: ..." and "cidr map /x/a.cidr, line 2: ..."
 _LINE_REF = re.compile(r"(?P<path>/[^\s,:]+)(?::|,) line (?P<line>\d+):? ?")
 _FILE_REF = re.compile(r"(?P<path>/[^\s,:]+): ")
@@ -83,24 +83,11 @@ MYSQL_KEYS = frozenset(
 
 
 @dataclass(frozen=True)
-class TableSpec:
-    """A table the configuration names whose source is a repo file (in-memory)."""
-
-    name: str  # file name inside postfix/
-    type: str  # hash, btree, cidr, ...
-    builder: str  # "postmap", "postalias", or "" for tables Postfix reads as text
-    parameters: tuple[str, ...]
-    # Names the built files the check left in the cache's built/ dir ("" if none): the applier
-    # copies them instead of running postmap on the same bytes again.
-    build_key: str = ""
-
-
-@dataclass(frozen=True)
 class Validated:
     """A revision after every check (in-memory result): its state, its tables and its problems."""
 
-    desired: DesiredState
-    tables: tuple[TableSpec, ...]
+    desired: ParsedRevision
+    tables: tuple[TableDecl, ...]
     problems: tuple[Problem, ...]
     # Not problems: what is left alone (outside tables this host does not manage), said once.
     notes: tuple[Problem, ...] = ()
@@ -126,7 +113,7 @@ def validate_snapshot(
     """
     desired, problems = build_desired(snapshot, cache, outside_paths, host)
     notes: list[Problem] = list(desired.notes)
-    tables: list[TableSpec] = []
+    tables: list[TableDecl] = []
     if all(name in desired.files for name in ("main.cf", "master.cf")):
         tables, tree_problems = _check_tree(desired.files, live_config_dir, cache, notes)
         problems.extend(_host_problems(tree_problems, desired.host, desired.files, snapshot))
@@ -160,7 +147,7 @@ def _file_of_staged(rel: str) -> str:
 
 def _check_tree(
     files: Mapping[str, DesiredFile], live_config_dir: str, cache: ParseCache | None, notes: list[Problem]
-) -> tuple[list[TableSpec], list[Problem]]:
+) -> tuple[list[TableDecl], list[Problem]]:
     """Postfix's checks of one tree of files, or their cached result when the tree passed before.
 
     The staged check's notes (appended to ``notes``) are not kept with a cached result: only
@@ -169,7 +156,7 @@ def _check_tree(
     key = _stage_key(files, live_config_dir)
     cached = cache.stage_result(key) if cache is not None else None
     if cached is not None:
-        return [TableSpec(str(n), str(t), str(b), tuple(p), str(k)) for n, t, b, p, k in cached], []
+        return [TableDecl(str(n), str(t), str(b), tuple(p), str(k)) for n, t, b, p, k in cached], []
     built_dir = cache.built_dir() if cache is not None else None
     tables, stage_problems = check_postfix_tree(files, live_config_dir, built_dir, key, notes)
     if cache is not None and not stage_problems:
@@ -243,7 +230,7 @@ def stage_files(
     for name, f in files.items():
         data = f.template.replace(live, str(stage).encode() + b"/")
         if f.secrets:
-            data = _SECRET_REF.sub(
+            data = SECRET_REF_BYTES.sub(
                 lambda m: _secret_value(m.group(0), secrets),
                 data,
             )
@@ -272,7 +259,7 @@ def check_postfix_tree(
     built_dir: Path | None = None,
     stage_key: str = "",
     notes: list[Problem] | None = None,
-) -> tuple[list[TableSpec], list[Problem]]:
+) -> tuple[list[TableDecl], list[Problem]]:
     """Stage the files with dummy secrets and run Postfix's checks; returns tables and problems.
 
     With ``built_dir``, the tables built cleanly from exactly the repo's bytes (no secret, no live
@@ -288,8 +275,8 @@ def check_postfix_tree(
 
 
 def _keep_built(
-    stage: Path, files: Mapping[str, DesiredFile], spec: TableSpec, built_dir: Path, key: str, live_config_dir: str
-) -> TableSpec:
+    stage: Path, files: Mapping[str, DesiredFile], spec: TableDecl, built_dir: Path, key: str, live_config_dir: str
+) -> TableDecl:
     source = files.get(spec.name)
     if spec.builder not in ("postmap", "postalias") or source is None or source.secrets:
         return spec
@@ -308,12 +295,12 @@ def _keep_built(
     except OSError:  # a full state dir: not kept, the applier builds the table itself
         shutil.rmtree(target, ignore_errors=True)
         return spec
-    return TableSpec(spec.name, spec.type, spec.builder, spec.parameters, build_key)
+    return TableDecl(spec.name, spec.type, spec.builder, spec.parameters, build_key)
 
 
 def _check_stage(
     stage: Path, files: Mapping[str, DesiredFile], live_config_dir: str, notes: list[Problem]
-) -> tuple[list[TableSpec], list[Problem]]:
+) -> tuple[list[TableDecl], list[Problem]]:
     mapper = _LineMapper(stage, files)
     problems: list[Problem] = []
     results: dict[str, ToolResult] = {}
@@ -429,7 +416,7 @@ def discover_tables(
     service_params: Mapping[str, str],
     live_config_dir: str,
     outside: list[TableRef] | None = None,
-) -> tuple[list[TableSpec], list[TableRef]]:
+) -> tuple[list[TableDecl], list[TableRef]]:
     """Tables named by main.cf and master.cf that the repo manages, and those missing from the repo.
 
     A table in the config directory or a subdirectory of it is named relative to it; one outside
@@ -461,13 +448,13 @@ def discover_tables(
                 builder = "postalias"
             builders[key] = builder
     specs = [
-        TableSpec(name, typ, builders.get((name, typ), ""), tuple(sorted(found[(name, typ)])))
+        TableDecl(name, typ, builders.get((name, typ), ""), tuple(sorted(found[(name, typ)])))
         for name, typ in sorted(found)
     ]
     return specs, missing
 
 
-def check_table(stage: Path, spec: TableSpec) -> ToolResult:
+def check_table(stage: Path, spec: TableDecl) -> ToolResult:
     """Build an indexed table in the stage, or parse a text table with a probe lookup."""
     target = f"{spec.type}:{stage / staged_name(spec.name)}"
     if spec.builder == "postalias":

@@ -11,8 +11,8 @@ from mailhost import MailHost, reset_database
 from harness.mariadb import MariaDB
 from reconciler.apply import repair_digests
 from reconciler.db import init_db
-from reconciler.desired import rows_digest
 from reconciler.observed import _STORED_DIGEST_SQL, _digests, domain_digests, read_digests
+from reconciler.rows import rows_digest
 
 
 @pytest.fixture

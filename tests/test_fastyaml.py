@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler import fastyaml
-from reconciler.desired import _Loader, load_yaml
+from reconciler.desired.yamlfile import _Loader, load_yaml
 
 # Examples per generated-document property in CI; RECONCILER_FASTYAML_EXAMPLES=1500 (or more) for a
 # thorough run before touching the fast path. 600 keeps both properties under 40 s on 2 cores.

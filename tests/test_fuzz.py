@@ -19,20 +19,19 @@ from test_plan_property import PASSWORDS, SECRET_VALUES, Host, scenarios
 from test_plan_property import observe as observe_host
 
 from reconciler.cfparse import diff_parameters, inet_listeners, logical_lines, parse_main_cf, parse_master_cf
-from reconciler.desired import parse_domain_file
+from reconciler.desired import parse_domain_file, render_file
 from reconciler.models import address_problem, domain_problem
 from reconciler.plan import (
     Desired,
-    DomainRows,
     FileSpec,
     LiveFile,
     Observed,
     mask_live,
     plan,
-    render_file,
     unified,
 )
 from reconciler.render import plan_json, plan_text
+from reconciler.rows import DomainRows
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import reconciler.desired as desired_mod
+import reconciler.desired.build as desired_mod
 from reconciler.parsecache import ParseCache, write_rows
 from reconciler.source import open_snapshot
 from reconciler.validate import validate_snapshot

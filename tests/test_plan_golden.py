@@ -41,24 +41,16 @@ from typing import Any
 
 import pytest
 
-from reconciler.desired import DesiredFile, parse_domain_file, secret_refs
-from reconciler.plan import Desired, DomainRows, LiveFile, Observed, TableDecl, desired_from, domain_rows, plan
+from reconciler.desired import DesiredFile, model_rows, parse_domain_file, render_desired, secret_refs
+from reconciler.plan import Desired, LiveFile, Observed, plan
 from reconciler.render import plan_json, plan_text
+from reconciler.rows import DomainRows
+from reconciler.tables import TableDecl
 
 CASES = Path(__file__).resolve().parent / "cases"
 BASE = CASES / "_base"
 CASE_NAMES = sorted(p.name for p in CASES.iterdir() if p.is_dir() and p != BASE)
 REGENERATE = os.environ.get("REGENERATE") == "1"
-
-
-@dataclass(frozen=True)
-class _Table:
-    """The shape ``desired_from`` reads of a validated table (name, type, builder, build key)."""
-
-    name: str
-    type: str
-    builder: str
-    build_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,9 +135,9 @@ def _load_composed(name: str, root: Path) -> Case:
     for path in sorted((root / "desired" / "domains").glob("*.yaml")):
         parsed = parse_domain_file(f"domains/{path.name}", path.read_bytes())
         assert parsed.model is not None, parsed.problems
-        domains[parsed.model.domain] = domain_rows(parsed.model)
-    tables = [_Table(*t) for t in _read_json(root / "tables.json", [])]
-    desired = desired_from(None, files, tables, domains, secrets)
+        domains[parsed.model.domain] = model_rows(parsed.model)
+    tables = [TableDecl(*t) for t in _read_json(root / "tables.json", [])]
+    desired = render_desired(None, files, tables, domains, secrets)
 
     live: dict[str, LiveFile] = {}
     for fname, spec in obs.get("files", {}).items():

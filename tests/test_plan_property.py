@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reconciler.desired import render_file
 from reconciler.plan import (
     Action,
     Desired,
-    DomainRows,
     FileChange,
     FileSpec,
     LiveFile,
     Observed,
     RowChange,
     TableChange,
-    TableDecl,
     plan,
-    render_file,
 )
+from reconciler.rows import DomainRows
+from reconciler.tables import TableDecl
 
 DOMAINS = ("a.example", "b.example", "c.example")
 LOCALS = ("ann", "bob", "cy")
@@ -92,7 +92,7 @@ class Db:
         raise AssertionError(f"domain {name} vanished during the apply")
 
     def rows_of(self, domain_id: int) -> DomainRows:
-        """Rows of one domain keyed as ``observed.domain_rows`` keys them."""
+        """Rows of one domain keyed as ``observed.read_domain_rows`` keys them."""
         users = {ci(e): (e, p) for d, e, p in self.users.values() if d == domain_id}
         aliases = {(ci(s), ci(t)): (s, t) for d, s, t in self.aliases.values() if d == domain_id}
         return DomainRows(users, aliases)
@@ -238,7 +238,7 @@ def address(draw: st.DrawFn, local: str, domain: str) -> str:
 
 @st.composite
 def desired_rows(draw: st.DrawFn) -> dict[str, DomainRows]:
-    """Domain files as ``domain_rows`` turns them into rows (keys unique up to case, in their domain)."""
+    """Domain files as ``desired.model_rows`` turns them into rows (keys unique up to case, in their domain)."""
     out: dict[str, DomainRows] = {}
     for domain in draw(st.lists(st.sampled_from(DOMAINS), unique=True)):
         users = {}

@@ -35,9 +35,9 @@ from reconciler.adopt import repo
 from reconciler.adopt.domains import collect_rows, domain_schema
 from reconciler.adopt.secrets import Secrets
 from reconciler.adopt.tables import collect_files
+from reconciler.desired import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.errors import PermanentError, Problem, ReconcilerError
 from reconciler.models import AgentConfig
-from reconciler.plan import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.source import open_snapshot
 from reconciler.validate import validate_snapshot
 

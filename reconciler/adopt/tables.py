@@ -16,20 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.adopt.secrets import Secrets, secret_config, secret_map
-from reconciler.desired import POSTFIX_DIR, ROOTFS_DIR
+from reconciler.desired import POSTFIX_DIR, ROOTFS_DIR, SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.errors import Problem, ReconcilerError
-from reconciler.plan import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.postfix import (
     INDEXED_TYPES,
     TEXT_TYPES,
     TableRef,
-    built_suffixes,
     parse_parameters,
     postalias,
     postconf,
     postmap,
     table_refs,
 )
+from reconciler.tables import built_suffixes
 
 # Lookup table types whose config file is imported (with its password turned into a secret).
 CONFIG_TYPES = {"mysql": "password", "pgsql": "password", "ldap": "bind_pw", "sqlite": ""}

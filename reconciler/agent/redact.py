@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from reconciler.models import AgentConfig
+from reconciler.vocab import MASK
 
-MASK = "********"
 MIN_LENGTH = 4  # shorter values would mask ordinary words
 MAX_SECRET_FILE = 64 * 1024
 

@@ -132,7 +132,7 @@ class Applier:
     def apply(self, plan: Plan, *, postfix_running: bool) -> ApplyResult:
         started = time.monotonic()
         inventory = Inventory(
-            plan.revision, plan.managed_files, tuple((t.name, t.type, t.builder) for t in plan.managed_tables)
+            plan.revision, plan.managed_files, tuple(plan.managed_tables)
         )
         apply_id = uuid.uuid4().hex
         journal = Journal(
