@@ -152,8 +152,8 @@ def _password_hash(v: str) -> str:
 
 # Every accepted password in one match (a hash with a non-plaintext scheme prefix, or a bare
 # crypt(3) hash): the fast path of ``password_ok``, which must accept exactly what
-# ``_password_hash`` accepts (tests/test_layouts.py checks both on the same corpus).
-_PASSWORD_OK_RE = re.compile(
+# ``_password_hash`` accepts (tests/test_layouts.py checks both on the same corpus); adopt.bulk builds on it.
+PASSWORD_OK_RE = re.compile(
     r"(?:\{(?!(?:"
     + "|".join(sorted(_PLAINTEXT_SCHEMES))
     + r")\})[A-Z0-9][A-Z0-9.-]*\}[!-~]+|"
@@ -164,7 +164,7 @@ _PASSWORD_OK_RE = re.compile(
 
 def password_ok(v: str) -> bool:
     """Whether ``v`` is an acceptable password hash (the same answer as ``password_problem(v) is None``)."""
-    return len(v) <= 255 and _PASSWORD_OK_RE.match(v) is not None
+    return len(v) <= 255 and PASSWORD_OK_RE.match(v) is not None
 
 
 def password_problem(v: str) -> str | None:
@@ -184,6 +184,17 @@ PasswordHash = Annotated[str, AfterValidator(_password_hash)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _published(title: str, schema: str) -> ConfigDict:
+    """The configuration of a model published as ``schemas/SCHEMA``: strict, with its title and id."""
+    return ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        title=title,
+        json_schema_extra={"$id": f"https://postfix-reconciler.invalid/schemas/{schema}"},
+    )
 
 
 class Mailbox(_Strict):
@@ -209,13 +220,7 @@ class Alias(_Strict):
 class DomainFile(_Strict):
     """A ``domains/<domain>.yaml`` file: a hosted virtual domain and all of its rows."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        title="Postfix reconciler domain file",
-        json_schema_extra={"$id": "https://postfix-reconciler.invalid/schemas/domain.schema.json"},
-    )
+    model_config = _published("Postfix reconciler domain file", "domain.schema.json")
 
     domain: DomainName = Field(description="The domain name; must equal the file name without .yaml.")
     mailboxes: tuple[Mailbox, ...] = Field(default=(), description="Mailboxes of this domain.")
@@ -263,13 +268,7 @@ HostName = Annotated[str, AfterValidator(_host_name)]
 class HostFile(_Strict):
     """A ``hosts/<name>.yaml`` file: one mail host of a fleet (SPEC section 6)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        title="Postfix reconciler host file",
-        json_schema_extra={"$id": "https://postfix-reconciler.invalid/schemas/host.schema.json"},
-    )
+    model_config = _published("Postfix reconciler host file", "host.schema.json")
 
     host: HostName = Field(description="The host's name ([host].name); must equal the file name without .yaml.")
     wave: Annotated[int, Field(ge=0, le=1000)] = Field(
@@ -456,13 +455,7 @@ class NotifyConfig(_Strict):
 class AgentConfig(_Strict):
     """The agent configuration file (TOML), SPEC section 3."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        title="Postfix reconciler agent configuration",
-        json_schema_extra={"$id": "https://postfix-reconciler.invalid/schemas/config.schema.json"},
-    )
+    model_config = _published("Postfix reconciler agent configuration", "config.schema.json")
 
     source: SourceConfig = SourceConfig()
     postfix: PostfixConfig = PostfixConfig()

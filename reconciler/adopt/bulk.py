@@ -33,7 +33,7 @@ _LOCAL = r"(?=[^@\n]{1,64}@)[a-z0-9][a-z0-9_+=-]*(?:\.[a-z0-9_+=-]+)*"
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN = rf"(?:{_LABEL}\.)+{_LABEL}"  # models.domain_problem's rule, lower case
 # Every password models.password_ok accepts (its expression, embedded).
-_PASSWORD = r"(?:" + models._PASSWORD_OK_RE.pattern.removesuffix(r"\Z") + r")(?=\n)"
+_PASSWORD = r"(?:" + models.PASSWORD_OK_RE.pattern.removesuffix(r"\Z") + r")(?=\n)"
 # The limits (an address at most 254 characters, a password at most 255), checked only for a chunk
 # with a line longer than 254: in a shorter line no field can be longer. The first address's domain
 # part is any domain-shaped text here; that it is the row's domain is counted per domain

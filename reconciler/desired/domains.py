@@ -16,7 +16,7 @@ from reconciler.desired.types import (
     DomainData,
     ParsedDomain,
 )
-from reconciler.desired.yamlfile import YamlLines, load_yaml
+from reconciler.desired.yamlfile import YamlLines, load_yaml, validation_problems
 from reconciler.errors import Problem
 from reconciler.models import DomainFile
 from reconciler.source import Snapshot
@@ -33,20 +33,7 @@ def parse_domain_file(path: str, data: bytes) -> ParsedDomain:
     try:
         model = DomainFile.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if len(errors) > MAX_PROBLEMS_PER_FILE:
-            problems.append(
-                Problem(path, None, f"{len(errors)} problems; only the first {MAX_PROBLEMS_PER_FILE} are listed")
-            )
-        for err in errors[:MAX_PROBLEMS_PER_FILE]:
-            loc = err["loc"]
-            field = ".".join(str(p) for p in loc)
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key {loc[-1]!r}"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            problems.append(Problem(path, lines.at(loc), f"{field}: {msg}"))
+        problems.extend(validation_problems(path, lines, exc, MAX_PROBLEMS_PER_FILE))
         return ParsedDomain(None, tuple(problems))
     problems = _domain_rules(path, model, lines)
     return ParsedDomain(None if problems else model, tuple(problems))

@@ -15,11 +15,12 @@ from reconciler.desired.text import secret_refs, shape_problem, text_problems
 from reconciler.desired.types import (
     HOSTS_DIR,
     MAX_FILE_SIZE,
+    MAX_PROBLEMS_PER_FILE,
     POSTFIX_DIR,
     DesiredFile,
     HostSpec,
 )
-from reconciler.desired.yamlfile import YamlLines, load_yaml
+from reconciler.desired.yamlfile import YamlLines, load_yaml, validation_problems
 from reconciler.errors import Problem
 from reconciler.models import HostFile
 from reconciler.source import EntryKind, Snapshot
@@ -107,14 +108,7 @@ def parse_host_file(path: str, data: bytes) -> tuple[HostFile | None, list[Probl
     try:
         model = HostFile.model_validate(raw)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            loc = err["loc"]
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key {loc[-1]!r}"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            problems.append(Problem(path, lines.at(loc), f"{'.'.join(str(p) for p in loc)}: {msg}"))
+        problems.extend(validation_problems(path, lines, exc, MAX_PROBLEMS_PER_FILE))
         return None, problems
     stem = path[len(HOSTS_DIR) :].removesuffix(".yaml")
     if model.host != stem:

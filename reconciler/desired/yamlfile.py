@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from reconciler import fastyaml
 from reconciler.errors import Problem
@@ -119,3 +120,20 @@ def load_yaml(path: str, data: bytes) -> tuple[Any, list[Problem]]:
     finally:
         if enabled:
             gc.enable()
+
+
+def validation_problems(path: str, lines: YamlLines, exc: ValidationError, limit: int) -> list[Problem]:
+    """A model's validation errors as problems at their YAML lines (at most ``limit``, then a count)."""
+    errors = exc.errors(include_url=False)
+    problems: list[Problem] = []
+    if len(errors) > limit:
+        problems.append(Problem(path, None, f"{len(errors)} problems; only the first {limit} are listed"))
+    for err in errors[:limit]:
+        loc = err["loc"]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        problems.append(Problem(path, lines.at(loc), f"{'.'.join(str(p) for p in loc)}: {msg}"))
+    return problems

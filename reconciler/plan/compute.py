@@ -9,6 +9,7 @@ changed". Called by ``reconciler.engine``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.cfparse import diff_parameters, parse_main_cf, parse_master_cf
@@ -177,25 +178,34 @@ def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange],
                 row = {"source": source, "destination": destination}
                 middle.append(RowChange(Action.CREATE, Table.ALIASES, f"{pair[0]} -> {pair[1]}", name, None, row))
             continue
-        for email in sorted(set(w.users) | set(h.users)):
-            a, b = h.users.get(email), w.users.get(email)
-            if a == b:
-                continue
-            before = {"email": a[0], "password": a[1]} if a else None
-            after = {"email": b[0], "password": b[1]} if b else None
-            action = Action.CREATE if a is None else Action.DELETE if b is None else Action.UPDATE
-            middle.append(RowChange(action, Table.USERS, email, name, before, after))
-        for pair in sorted(set(w.aliases) | set(h.aliases)):
-            c, d = h.aliases.get(pair), w.aliases.get(pair)
-            if c == d:
-                continue
-            before = {"source": c[0], "destination": c[1]} if c else None
-            after = {"source": d[0], "destination": d[1]} if d else None
-            action = Action.CREATE if c is None else Action.DELETE if d is None else Action.UPDATE
-            middle.append(RowChange(action, Table.ALIASES, f"{pair[0]} -> {pair[1]}", name, before, after))
+        middle.extend(_keyed_changes(Table.USERS, name, h.users, w.users, ("email", "password"), lambda k: k))
+        middle.extend(
+            _keyed_changes(Table.ALIASES, name, h.aliases, w.aliases, ("source", "destination"), " -> ".join)
+        )
         if want is None and have is not None:
             deletes.append(RowChange(Action.DELETE, Table.DOMAINS, name, name, {"name": live[key]}, None))
     return [*creates, *middle, *deletes], digests
+
+
+def _keyed_changes(
+    table: Table,
+    domain: str,
+    have: Mapping[Any, tuple[str, str]],
+    want: Mapping[Any, tuple[str, str]],
+    columns: tuple[str, str],
+    key_text: Callable[[Any], str],
+) -> list[RowChange]:
+    """Creates, updates and deletes of one table's rows of a domain, by natural key in key order."""
+    out: list[RowChange] = []
+    for key in sorted(set(want) | set(have)):
+        a, b = have.get(key), want.get(key)
+        if a == b:
+            continue
+        before = dict(zip(columns, a, strict=True)) if a else None
+        after = dict(zip(columns, b, strict=True)) if b else None
+        action = Action.CREATE if a is None else Action.DELETE if b is None else Action.UPDATE
+        out.append(RowChange(action, table, key_text(key), domain, before, after))
+    return out
 
 
 def _param_diff(
