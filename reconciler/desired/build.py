@@ -140,18 +140,11 @@ def build_desired(
     to_parse: list[tuple[str, str, int]] = []  # (path, blob id, size) of domain files to parse
     for path in sorted(snapshot.entries):
         entry = snapshot.entries[path]
-        in_postfix = path.startswith(POSTFIX_DIR) or path == POSTFIX_DIR.rstrip("/")
-        in_domains = path.startswith(DOMAINS_DIR) or path == DOMAINS_DIR.rstrip("/")
-        in_rootfs = path.startswith(ROOTFS_DIR) or path == ROOTFS_DIR.rstrip("/")
-        if entry.kind is EntryKind.SYMLINK:
-            if in_postfix or in_domains or in_rootfs or path.startswith(HOSTS_DIR):
-                problems.append(Problem(path, None, "symbolic links are not allowed"))
-            continue
-        if entry.kind is EntryKind.SUBMODULE:
-            problems.append(Problem(path, None, "submodules are not allowed"))
-            continue
-        if entry.kind is EntryKind.OTHER:
-            problems.append(Problem(path, None, "only regular files are allowed"))
+        in_postfix, in_domains, in_rootfs = (path.startswith(d) or path == d.rstrip("/") for d in _AREAS)
+        kind = _kind_problem(entry.kind, in_postfix or in_domains or in_rootfs or path.startswith(HOSTS_DIR))
+        if kind is not None:
+            if kind:
+                problems.append(Problem(path, None, kind))
             continue
         if path.startswith(HOSTS_DIR):
             continue  # read by host_specs
@@ -169,19 +162,9 @@ def build_desired(
         if entry.size > MAX_FILE_SIZE:
             problems.append(Problem(path, None, f"file is {entry.size} bytes; the limit is {MAX_FILE_SIZE}"))
             continue
-        cached = cache.get(entry.blob_id) if cache is not None and in_domains else None
-        if cache is not None and cached is not None and path == f"{DOMAINS_DIR}{cached.domain}.yaml":
-            blob = entry.blob_id
-            domains.append(
-                DomainData(
-                    cached.domain,
-                    path,
-                    blob,
-                    cached.digest,
-                    cached.alias_keys,
-                    partial(_cached_rows, cache, snapshot, path, blob),
-                )
-            )
+        known = _cached_domain(cache, snapshot, path, entry.blob_id) if cache is not None and in_domains else None
+        if known is not None:
+            domains.append(known)
             continue
         if in_domains:
             to_parse.append((path, entry.blob_id, entry.size))  # read, checked and parsed in _parse_all
@@ -191,16 +174,7 @@ def build_desired(
         problems.extend(file_problems)
         if desired_file is not None:
             files[name] = desired_file
-    rows_dir = str(cache.rows_dir()) if cache is not None and to_parse else None
-    for path, blob_id, (parse_problems, parsed) in zip(
-        [p for p, _, _ in to_parse], [b for _, b, _ in to_parse], _parse_all(snapshot, to_parse, rows_dir), strict=True
-    ):
-        problems.extend(parse_problems)
-        if parsed is not None:
-            name, users, aliases, digest, keys = parsed
-            domains.append(DomainData(name, path, blob_id, digest, keys, partial(_rows, users, aliases)))
-            if cache is not None:
-                cache.remember(blob_id, name, digest, keys)
+    problems.extend(_parse_domains(snapshot, to_parse, cache, domains))
     for required in REQUIRED_POSTFIX_FILES:
         if required not in files and not any(p.path == POSTFIX_DIR + required for p in problems):
             problems.append(Problem(POSTFIX_DIR + required, None, "required file is missing"))
@@ -214,3 +188,44 @@ def build_desired(
     by_name = {d.name: d for d in domains}
     state = ParsedRevision(snapshot.revision, host_files, by_name, tuple(notes), hosts, spec, files)
     return state, problems
+
+
+_AREAS = (POSTFIX_DIR, DOMAINS_DIR, ROOTFS_DIR)
+
+
+def _kind_problem(kind: EntryKind, managed_area: bool) -> str | None:
+    """Why an entry that is not a regular file is refused ("" to skip it silently; None: a file)."""
+    if kind is EntryKind.SYMLINK:
+        return "symbolic links are not allowed" if managed_area else ""
+    if kind is EntryKind.SUBMODULE:
+        return "submodules are not allowed"
+    if kind is EntryKind.OTHER:
+        return "only regular files are allowed"
+    return None
+
+
+def _cached_domain(cache: ParseCache, snapshot: Snapshot, path: str, blob: str) -> DomainData | None:
+    """The domain of a blob parsed and found valid before (under the same file name), else None."""
+    cached = cache.get(blob)
+    if cached is None or path != f"{DOMAINS_DIR}{cached.domain}.yaml":
+        return None
+    rows = partial(_cached_rows, cache, snapshot, path, blob)
+    return DomainData(cached.domain, path, blob, cached.digest, cached.alias_keys, rows)
+
+
+def _parse_domains(
+    snapshot: Snapshot, to_parse: list[tuple[str, str, int]], cache: ParseCache | None, domains: list[DomainData]
+) -> list[Problem]:
+    """Parse the domain files not known to the cache, adding each valid one to ``domains``."""
+    problems: list[Problem] = []
+    rows_dir = str(cache.rows_dir()) if cache is not None and to_parse else None
+    for (path, blob_id, _), (parse_problems, parsed) in zip(
+        to_parse, _parse_all(snapshot, to_parse, rows_dir), strict=True
+    ):
+        problems.extend(parse_problems)
+        if parsed is not None:
+            name, users, aliases, digest, keys = parsed
+            domains.append(DomainData(name, path, blob_id, digest, keys, partial(_rows, users, aliases)))
+            if cache is not None:
+                cache.remember(blob_id, name, digest, keys)
+    return problems
