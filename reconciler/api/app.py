@@ -142,12 +142,14 @@ def create_app(
         redoc_url=None,
     )
 
-    def require_token(authorization: str | None) -> None:
-        if token is not None and not bearer_ok(authorization, token):
-            raise HTTPException(
-                status_code=401, detail="missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+    _page_routes(app, view, fleet, token_required=token is not None)
+    _document_routes(app, view)
+    _trigger_routes(app, view, token=token, webhook_secret=webhook_secret, branch=branch)
+    return app
 
+
+def _page_routes(app: FastAPI, view: AgentView, fleet: FleetSource | None, *, token_required: bool) -> None:
+    """``/``, ``/ui/live`` and ``/static/NAME``: the status page for people."""
     renderer = Renderer()
     diff_cache = DiffCache()
 
@@ -163,7 +165,7 @@ def create_app(
             pending=diff_cache.get(pending) if pending is not None else None,
             fleet=fleet_cache.get(),
             alive=view.alive(),
-            token_required=token is not None,
+            token_required=token_required,
         )
 
     @app.get("/", response_class=HTMLResponse)
@@ -192,6 +194,10 @@ def create_app(
             content, media_type=media_type, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
         )
 
+
+
+def _document_routes(app: FastAPI, view: AgentView) -> None:
+    """``/healthz``, ``/status``, ``/diff``, ``/fleet`` and ``/metrics``: the documents (SPEC 5)."""
     @app.get("/healthz", response_model=Health)
     def healthz() -> Response:
         """200 while the agent's loop is alive, 503 otherwise."""
@@ -232,6 +238,19 @@ def create_app(
         """Prometheus text format."""
         return Response(generate_latest(view.registry), media_type=CONTENT_TYPE_LATEST)
 
+
+
+def _trigger_routes(
+    app: FastAPI, view: AgentView, *, token: str | None, webhook_secret: str | None, branch: str
+) -> None:
+    """``POST /sync`` (bearer token) and ``POST /hooks/git`` (webhook signature): reconcile now."""
+
+    def require_token(authorization: str | None) -> None:
+        if token is not None and not bearer_ok(authorization, token):
+            raise HTTPException(
+                status_code=401, detail="missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
     @app.post("/sync", status_code=202, response_model=Accepted, responses={401: {"description": "bad token"}})
     def sync(authorization: str | None = Header(default=None)) -> Accepted:
         """Reconcile now (queued behind the attempt in progress); applies even without self-heal."""
@@ -259,8 +278,6 @@ def create_app(
         view.request("webhook")
         log.info("api.hook", ref=ref)
         return Accepted(queued=True)
-
-    return app
 
 
 def _pushed_ref(body: bytes) -> str | None:
