@@ -124,7 +124,11 @@ def test_fault_at_each_step_leaves_old_state(mailhost: MailHost, step: str) -> N
 
 
 def test_kill_9_at_random_moments(mailhost: MailHost) -> None:
-    """kill -9 anywhere in an apply, then any command: the host is exactly the old or the new revision."""
+    """kill -9 anywhere in an apply, then any command: the host is exactly the old or the new revision.
+
+    Four random moments here (the deterministic crash at every step follows); the campaign of 50
+    is ``bench/faults`` (docs/faults.md).
+    """
     host = mailhost
     rng = random.Random(1234)
     old_rev = host.git("rev-parse", "HEAD")
@@ -137,7 +141,7 @@ def test_kill_9_at_random_moments(mailhost: MailHost) -> None:
     assert host.cli("apply", "--rev", new_rev).returncode == 0
     new = host.content_fingerprint()
     seen = {"old": 0, "new": 0}
-    for _ in range(8):
+    for _ in range(4):
         assert host.cli("apply", "--rev", old_rev).returncode == 0
         assert host.content_fingerprint() == old
         proc = host.popen("apply", "--rev", new_rev)
@@ -149,7 +153,7 @@ def test_kill_9_at_random_moments(mailhost: MailHost) -> None:
         assert now in (old, new), "a mix of old and new after kill -9"
         seen["old" if now == old else "new"] += 1
         assert host.postfix.is_running()
-    assert seen["old"] + seen["new"] == 8
+    assert seen["old"] + seen["new"] == 4
 
 
 @pytest.mark.parametrize("step", [*STEPS, "commit:1", "finish"])
