@@ -190,7 +190,7 @@ def main() -> int:
     # constructor that refuses duplicate keys) against plain CSafeLoader.
     import yaml
 
-    from reconciler import desired as d
+    from reconciler.desired import yamlfile as d
 
     snap = engine.open_revision(cfg, None)
     blobs = [snap.read(p) for p in sorted(snap.entries) if p.startswith("domains/")]

@@ -21,7 +21,9 @@ import structlog
 
 from reconciler.apply import NO_FAULTS, Applier, ApplyFailed, ApplyResult, Faults, host_lock, recover, repair_digests
 from reconciler.db import Connection, connect
-from reconciler.desired import HostSpec, desired_for, host_specs
+from reconciler.desired.hosts import host_specs
+from reconciler.desired.render import desired_for
+from reconciler.desired.types import HostSpec
 from reconciler.errors import Fault, InvalidRevision, PermanentError, ReconcilerError, SourceError
 from reconciler.fleet import WaveCheck, read_fleet, wave_check
 from reconciler.models import AgentConfig

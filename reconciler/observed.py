@@ -18,7 +18,7 @@ import pymysql.cursors
 import structlog
 
 from reconciler.db import DIGEST_JOINS, Connection
-from reconciler.desired import Desired
+from reconciler.desired.types import Desired
 from reconciler.plan import LiveFile, Observed
 from reconciler.postfix import live_path, postfix_cmd
 from reconciler.rows import DomainRows

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import structlog
 
-from reconciler.desired import ParsedRevision, build_desired
+from reconciler.desired.build import build_desired
+from reconciler.desired.types import ParsedRevision
 from reconciler.engine import check_signature, deletion_guard
 from reconciler.errors import PermanentError, Problem, ReconcilerError
 from reconciler.models import AgentConfig

@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from reconciler.cfparse import parse_main_cf, set_parameters
-from reconciler.desired import build_desired
+from reconciler.desired.build import build_desired
 from reconciler.fleet import wave_check
 from reconciler.models import MysqlConfig, load_config
 from reconciler.source import open_snapshot

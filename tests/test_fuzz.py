@@ -19,7 +19,8 @@ from test_plan_property import PASSWORDS, SECRET_VALUES, Host, scenarios
 from test_plan_property import observe as observe_host
 
 from reconciler.cfparse import diff_parameters, inet_listeners, logical_lines, parse_main_cf, parse_master_cf
-from reconciler.desired import parse_domain_file, render_file
+from reconciler.desired.domains import parse_domain_file
+from reconciler.desired.render import render_file
 from reconciler.models import address_problem, domain_problem
 from reconciler.plan import (
     Desired,

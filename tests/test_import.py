@@ -406,7 +406,7 @@ def test_example_repo_round_trip(mailhost: MailHost) -> None:
 def test_domain_yaml_loads_back_exactly() -> None:
     """A generated domain file loads back to exactly its rows (quotes, backslashes, catch-alls, o'brien) and validates."""
     from reconciler.adopt.domains import domain_yaml
-    from reconciler.desired import parse_domain_file
+    from reconciler.desired.domains import parse_domain_file
 
     users = [("o'brien@example.org", '{PBKDF2}x"y\\z'), ("A.b+c@example.org", SHA), ("zed@example.org", HASH)]
     aliases = [("@example.org", "zed@example.org"), ("a=b@example.org", "o'brien@example.org")]

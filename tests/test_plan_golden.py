@@ -41,7 +41,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.desired import DesiredFile, model_rows, parse_domain_file, render_desired, secret_refs
+from reconciler.desired.domains import parse_domain_file
+from reconciler.desired.render import model_rows, render_desired
+from reconciler.desired.text import secret_refs
+from reconciler.desired.types import DesiredFile
 from reconciler.plan import Desired, LiveFile, Observed, plan
 from reconciler.render import plan_json, plan_text
 from reconciler.rows import DomainRows

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.desired import render_file
+from reconciler.desired.render import render_file
 from reconciler.plan import (
     Action,
     Desired,

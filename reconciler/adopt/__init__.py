@@ -35,7 +35,7 @@ from reconciler.adopt import repo
 from reconciler.adopt.domains import collect_rows, domain_schema
 from reconciler.adopt.secrets import Secrets
 from reconciler.adopt.tables import collect_files
-from reconciler.desired import SECRET_FILE_GROUP, SECRET_FILE_MODE
+from reconciler.desired.render import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.errors import PermanentError, Problem, ReconcilerError
 from reconciler.models import AgentConfig
 from reconciler.source import open_snapshot

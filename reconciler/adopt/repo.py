@@ -17,7 +17,7 @@ from pathlib import Path
 
 from reconciler.adopt.domains import Counts
 from reconciler.adopt.tables import Findings
-from reconciler.desired import SECRET_FILE_GROUP, SECRET_FILE_MODE
+from reconciler.desired.render import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.errors import ReconcilerError
 from reconciler.models import AgentConfig
 from reconciler.vocab import SECRET_REF

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.adopt.secrets import Secrets, secret_config, secret_map
-from reconciler.desired import POSTFIX_DIR, ROOTFS_DIR, SECRET_FILE_GROUP, SECRET_FILE_MODE
+from reconciler.desired.render import SECRET_FILE_GROUP, SECRET_FILE_MODE
+from reconciler.desired.types import POSTFIX_DIR, ROOTFS_DIR
 from reconciler.errors import Problem, ReconcilerError
 from reconciler.postfix import (
     INDEXED_TYPES,

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from reconciler.desired import HOSTS_DIR, POSTFIX_DIR, DesiredFile, HostSpec, ParsedRevision, build_desired, host_tree
+from reconciler.desired.build import build_desired
+from reconciler.desired.hosts import host_tree
+from reconciler.desired.types import HOSTS_DIR, POSTFIX_DIR, DesiredFile, HostSpec, ParsedRevision
 from reconciler.errors import Problem
 from reconciler.parsecache import ParseCache
 from reconciler.source import Snapshot

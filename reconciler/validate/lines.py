@@ -10,11 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from reconciler.desired import (
-    POSTFIX_DIR,
-    DesiredFile,
-    repo_path,
-)
+from reconciler.desired.types import POSTFIX_DIR, DesiredFile, repo_path
 from reconciler.errors import Problem
 from reconciler.postfix import (
     ToolResult,

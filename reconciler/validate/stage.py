@@ -15,11 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from reconciler.cfparse import parse_main_cf
-from reconciler.desired import (
-    POSTFIX_DIR,
-    DesiredFile,
-    repo_path,
-)
+from reconciler.desired.types import POSTFIX_DIR, DesiredFile, repo_path
 from reconciler.errors import Problem
 from reconciler.postfix import (
     TableRef,

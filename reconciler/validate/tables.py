@@ -10,9 +10,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from reconciler.desired import (
-    DesiredFile,
-)
+from reconciler.desired.types import DesiredFile
 from reconciler.errors import Problem
 from reconciler.postfix import (
     INDEXED_TYPES,
