@@ -11,7 +11,8 @@ Called by the CLI only (top layer beside the engine), which imports ``import_hos
   value already held by a file of ``[secrets].dir`` keeps that file's name;
 - ``rows`` and ``domains``: the three mail tables, read in one snapshot, checked row by row and
   written as ``domains/<domain>.yaml``;
-- ``repo``: the files, a README saying what came from where, one git commit.
+- ``repo`` and ``gitstore``: a README saying what came from where; the files, written as a git
+  repository with one commit.
 
 What cannot be represented (plaintext passwords, rows of no domain, addresses outside their domain,
 files the repo checks refuse) is collected as problems and nothing at all is written. The only
@@ -33,6 +34,7 @@ import structlog
 
 from reconciler.adopt import repo
 from reconciler.adopt.domains import collect_rows, domain_schema
+from reconciler.adopt.gitstore import NewRepository
 from reconciler.adopt.secrets import Secrets
 from reconciler.adopt.tables import collect_files
 from reconciler.desired.render import SECRET_FILE_GROUP, SECRET_FILE_MODE
@@ -82,20 +84,19 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
         raise CannotImport(found.problems)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
-        for f in found.files.values():
-            repo.write(tmp / f.repo_path, f.data)
-        validated = validate_snapshot(open_snapshot(tmp), str(config_dir), None, cfg.postfix.outside_paths)
-        if validated.problems:
-            raise CannotImport(
-                [
-                    Problem(p.path, p.line, f"{p.message} (as found live; fix it there first)")
-                    for p in validated.problems
-                ]
-            )
-        git = repo.GitRepo(tmp, cfg.source.branch)
+        git = NewRepository(tmp, cfg.source.branch)
         try:
             for f in found.files.values():
-                git.add(f.repo_path)
+                git.write(f.repo_path, f.data)
+            git.wait()
+            validated = validate_snapshot(open_snapshot(tmp), str(config_dir), None, cfg.postfix.outside_paths)
+            if validated.problems:
+                raise CannotImport(
+                    [
+                        Problem(p.path, p.line, f"{p.message} (as found live; fix it there first)")
+                        for p in validated.problems
+                    ]
+                )
             for name, text in domains.items():
                 git.write(f"domains/{name}.yaml", text.encode())
             git.write("schemas/domain.schema.json", domain_schema().encode())

@@ -74,11 +74,14 @@ def _chunk_ok(chunk: str, lines: list[str], table: int) -> bool:
     return (_SHORT_ROWS if short else _LONG_ROWS)[table].fullmatch(chunk) is not None
 
 
-def domain_texts(domain_rows: list[tuple[str, str]], users: list[str], aliases: list[str]) -> Texts | None:
+def domain_texts(
+    domain_rows: list[tuple[str, str]], users: list[str], aliases: list[str], emails_unique: bool = False
+) -> Texts | None:
     """Domain file texts by domain and the counts, from lines ``users_ok``/``aliases_ok`` accepted.
 
     None when a row needs the row-by-row path: an invalid domain name, a row of a domain id that does
-    not exist, an address outside its domain, a mailbox address twice. Sorts both lists in place and
+    not exist, an address outside its domain, a mailbox address twice (not looked for when the
+    database keeps emails unique: ``emails_unique``). Sorts both lists in place and
     empties them once every domain's rows are checked. Each text is made when it is read (``Lazy``):
     while the import writes one file, git stages the one before.
     """
@@ -92,7 +95,9 @@ def domain_texts(domain_rows: list[tuple[str, str]], users: list[str], aliases: 
     for ident, name in names.items():
         user_block, n_users = _block(users, ident)
         alias_block, n_aliases = _block(aliases, ident)
-        if n_users and (not _in_domain(user_block, name, n_users) or _DUPLICATE.search("\n" + user_block)):
+        if n_users and not _in_domain(user_block, name, n_users):
+            return None
+        if n_users > 1 and not emails_unique and _DUPLICATE.search("\n" + user_block):
             return None
         if n_aliases and not _in_domain(alias_block, name, n_aliases):
             return None

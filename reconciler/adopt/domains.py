@@ -45,7 +45,9 @@ def collect_rows(cfg: AgentConfig) -> tuple[Mapping[str, str], Counts, list[Prob
     client = client_program(cfg)
     if client is not None:
         lines = read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok)
-        fast = bulk.domain_texts(lines.domains, lines.users, lines.aliases) if lines is not None else None
+        fast = (
+            None if lines is None else bulk.domain_texts(lines.domains, lines.users, lines.aliases, lines.emails_unique)
+        )
         if fast is not None:
             log.debug("import.rows", path="fast", mailboxes=fast[1][1])
             return fast[0], fast[1], []
