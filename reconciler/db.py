@@ -19,6 +19,8 @@ from reconciler.errors import TemporaryError
 from reconciler.models import MysqlConfig
 
 SCHEMA_VERSION = "4"
+# The three mail tables of SPEC section 2, which Postfix's lookups and every import read.
+MAIL_TABLES = ("virtual_domains", "virtual_users", "virtual_aliases")
 # An open connection to the agent's database, as every stage that reads or writes rows takes it.
 # (pymysql's class is generic only in its type stubs: subscripted for the type checker alone.)
 if TYPE_CHECKING:
@@ -94,6 +96,18 @@ def connect(cfg: MysqlConfig, *, autocommit: bool = False) -> Connection:
             log.warning("db.failover", server=f"{host}:{port}", skipped=errors)
         return conn
     raise TemporaryError(f"cannot connect to MySQL as {cfg.user}: " + "; ".join(errors))
+
+
+def missing_mail_tables(conn: Connection) -> list[str]:
+    """Which of ``MAIL_TABLES`` the connection's database lacks (or its user cannot see), in that order."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name IN (%s, %s, %s)",
+            MAIL_TABLES,
+        )
+        present = {str(row[0]) for row in cur.fetchall()}
+    return [table for table in MAIL_TABLES if table not in present]
 
 
 def server_of(conn: Connection) -> str:

@@ -24,8 +24,15 @@ from reconciler.errors import ToolError
 INDEXED_TYPES = frozenset({"hash", "btree", "lmdb", "cdb", "dbm", "sdbm"})
 # Table types Postfix reads straight from the source file.
 TEXT_TYPES = frozenset({"cidr", "pcre", "regexp", "texthash"})
-# Postfix table-reference syntax inside a parameter value: type:name.
-_TABLE_REF = re.compile(r"(?<![\w$])([a-z][a-z0-9]*):(\S+?)(?=[\s,]|$)")
+# A table reference, one token of a parameter value: type:name (the name may be a {...} group).
+_TYPE_NAME = re.compile(r"([a-z][a-z0-9]*):(.+)\Z", re.DOTALL)
+# Postfix's list separators (mystrtokq with CHARS_COMMA_SP), outside {} only.
+_SEPARATORS = frozenset(" \t\r\n,")
+# Table types whose {...} name is a list of tables; any other type:{...} holds data (inline:,
+# static:, randmap:, regexp:/pcre:/cidr: inline rules), not a file.
+_LIST_TYPES = frozenset({"unionmap", "pipemap"})
+# Parameters naming a cache Postfix writes itself (btree:$data_directory/...), not a table to manage.
+_CACHE_PARAMS = re.compile(r"(?:_cache_database|_cache_map|_auth_cache_name|\Aaddress_verify_map)\Z")
 _DIAG = re.compile(r"^(?P<prog>[\w/.-]+): (?P<level>warning|fatal|error|panic): (?P<text>.*)$")
 
 
@@ -203,18 +210,87 @@ class TableRef:
     parameter: str
 
 
+def split_list(value: str) -> list[str]:
+    """A parameter value's items as Postfix splits them (``mystrtokq``).
+
+    Separators are whitespace and commas outside ``{}``; ``{...}`` nests, and a ``}`` with no open
+    ``{`` is an ordinary character. ``unionmap:{a, b}`` is one item, as is ``{ text with spaces }``.
+    """
+    items: list[str] = []
+    depth = 0
+    start: int | None = None
+    for i, ch in enumerate(value):
+        if start is None:
+            if ch in _SEPARATORS:
+                continue
+            start = i
+        if ch == "{":
+            depth += 1
+        elif ch == "}" and depth > 0:
+            depth -= 1
+        elif depth == 0 and ch in _SEPARATORS:
+            items.append(value[start:i])
+            start = None
+    if start is not None:
+        items.append(value[start:])
+    return items
+
+
+def brace_body(item: str) -> str | None:
+    """The inside of an item that is exactly one ``{...}`` group, stripped (Postfix's ``extpar``); else None."""
+    if not (item.startswith("{") and item.endswith("}")):
+        return None
+    depth = 0
+    for i, ch in enumerate(item):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0 and i != len(item) - 1:
+                return None  # {a} {b}, {a}b}: not one group
+    return item[1:-1].strip() if depth == 0 else None
+
+
+def _item_refs(item: str, parameter: str) -> Iterator[TableRef]:
+    """The table files one list item names: a ``type:name``, or each item of a bare ``{...}`` group."""
+    group = brace_body(item)
+    if group is not None:  # check_policy_service { inet:host:port, timeout=10s }, a restriction group
+        for inner in split_list(group):
+            yield from _item_refs(inner, parameter)
+        return
+    m = _TYPE_NAME.match(item)
+    if m is None:
+        return
+    typ, name = m.group(1), m.group(2)
+    if typ == "proxy":  # proxy:hash:/path, proxy:unionmap:{...} -> the inner table
+        if _TYPE_NAME.match(name):
+            yield from _item_refs(name, parameter)
+        return
+    if name.startswith("{"):
+        body = brace_body(name)
+        if typ in _LIST_TYPES and body is not None:
+            for inner in split_list(body):
+                if brace_body(inner) is None:  # a bare group inside unionmap: is not a table
+                    yield from _item_refs(inner, parameter)
+        return  # inline:{...}, static:{...}, randmap:{...}: data, no file
+    if name.startswith("/"):
+        yield TableRef(typ, name, parameter)
+
+
 def table_refs(params: dict[str, str]) -> Iterator[TableRef]:
-    """Every ``type:path`` with an absolute path in the given (expanded) parameter values."""
+    """Every ``type:path`` with an absolute path in the given (expanded) parameter values.
+
+    Values are split as Postfix splits them (``split_list``): the tables inside ``unionmap:{...}``
+    and ``pipemap:{...}`` count, also behind ``proxy:``; ``inline:{...}``, ``static:{...}`` and
+    ``randmap:{...}`` hold data and name no file. Caches Postfix writes itself
+    (``*_tls_session_cache_database``, ``address_verify_map``, ``postscreen_cache_map``, ...) are
+    not tables. Keys are ``name`` for main.cf, ``service/type/name`` for master.cf ``-o``.
+    """
     for name, value in params.items():
-        for m in _TABLE_REF.finditer(value):
-            typ, path = m.group(1), m.group(2)
-            if typ == "proxy":  # proxy:hash:/path -> the inner table
-                inner = _TABLE_REF.match(path)
-                if inner:
-                    typ, path = inner.group(1), inner.group(2)
-            path = path.rstrip(",")
-            if path.startswith("/"):
-                yield TableRef(typ, path, name)
+        if _CACHE_PARAMS.search(name.rsplit("/", 1)[-1]):
+            continue
+        for item in split_list(value):
+            yield from _item_refs(item, name)
 
 
 def supported_table_types(config_dir: Path) -> frozenset[str]:

@@ -96,6 +96,46 @@ def _write(path: Path, text: str, mode: int = 0o644, group: str = "root") -> Non
     path.chmod(mode)
 
 
+def agent_config(tmp_path: Path, mariadb: MariaDB, live: Path, outside: Path) -> tuple[Path, Path]:
+    """The agent's configuration for a hand-built host (source "none", ``outside`` allowed): (config, secrets dir)."""
+    secrets = tmp_path / "secrets"
+    password = tmp_path / "mysql-password"
+    password.write_text(mariadb.reconciler_password)
+    password.chmod(0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[source]
+url = "none"
+[postfix]
+config_dir = "{live}"
+outside_paths = ["{outside}"]
+health_timeout = 8
+[mysql]
+host = "127.0.0.1"
+port = {mariadb.port}
+password_file = "{password}"
+database = "{mariadb.database}"
+[secrets]
+dir = "{secrets}"
+[state]
+dir = "{tmp_path / "state"}"
+"""
+    )
+    return config, secrets
+
+
+# The guide's rows, as an administrator inserts them with the mariadb client ($6$ hashes, o'brien).
+GUIDE_ROWS = (
+    "INSERT INTO virtual_domains (id, name) VALUES (1, 'example.org'), (2, 'example.com'), (3, 'example.net');\n"
+    "INSERT INTO virtual_users (domain_id, email, password) VALUES (1, 'john@example.org', '$6$Zx8bq1Lm0Pn2Rt4w$niqF8dDjXyk4Q8/UGju6EojdQfCTtrWl9fFJjyEgDZnFGN9HVYRjqbDmWQp3JB2YH0Zd1UP6e82cbbeRt4SY00'), "
+    "(1, 'jane@example.org', '$6$Zx8bq1Lm0Pn2Rt4w$niqF8dDjXyk4Q8/UGju6EojdQfCTtrWl9fFJjyEgDZnFGN9HVYRjqbDmWQp3JB2YH0Zd1UP6e82cbbeRt4SY00'), (2, 'o''brien@example.com', '{SHA512-CRYPT}$6$Zx8bq1Lm0Pn2Rt4w$niqF8dDjXyk4Q8/UGju6EojdQfCTtrWl9fFJjyEgDZnFGN9HVYRjqbDmWQp3JB2YH0Zd1UP6e82cbbeRt4SY00');\n"
+    "INSERT INTO virtual_aliases (domain_id, source, destination) VALUES "
+    "(1, 'jack@example.org', 'john@example.org'), (1, 'sales@example.org', 'john@example.org'), "
+    "(1, 'sales@example.org', 'jane@example.org'), (1, '@example.org', 'john@example.org');\n"
+)
+
+
 @pytest.fixture
 def guide_host(mariadb: MariaDB, postfix_instance: object, tmp_path: Path) -> Iterator[GuideHost]:
     """The hand-built host, running, rows in place, before any import."""
@@ -139,41 +179,11 @@ def guide_host(mariadb: MariaDB, postfix_instance: object, tmp_path: Path) -> It
     _write(outside, (tree / "aliases").read_text())
     subprocess.run(["postalias", "-c", str(live), f"hash:{outside}"], check=True)
     cool_down(live / "main.cf", live / "master.cf")
-    secrets = tmp_path / "secrets"
-    password = tmp_path / "mysql-password"
-    password.write_text(mariadb.reconciler_password)
-    password.chmod(0o600)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[source]
-url = "none"
-[postfix]
-config_dir = "{live}"
-outside_paths = ["{outside}"]
-health_timeout = 8
-[mysql]
-host = "127.0.0.1"
-port = {mariadb.port}
-password_file = "{password}"
-database = "{mariadb.database}"
-[secrets]
-dir = "{secrets}"
-[state]
-dir = "{tmp_path / "state"}"
-"""
-    )
+    config, secrets = agent_config(tmp_path, mariadb, live, outside)
     host = GuideHost(tmp_path, mariadb, instance, outside, secrets, config, mariadb.mailuser_password)
     assert host.cli("init-db").returncode == 0
     assert sha512_crypt("john's password", "Zx8bq1Lm0Pn2Rt4w") == SHA  # what the rows below hold
-    host.sql(
-        "INSERT INTO virtual_domains (id, name) VALUES (1, 'example.org'), (2, 'example.com'), (3, 'example.net');\n"
-        "INSERT INTO virtual_users (domain_id, email, password) VALUES (1, 'john@example.org', '$6$Zx8bq1Lm0Pn2Rt4w$niqF8dDjXyk4Q8/UGju6EojdQfCTtrWl9fFJjyEgDZnFGN9HVYRjqbDmWQp3JB2YH0Zd1UP6e82cbbeRt4SY00'), "
-        "(1, 'jane@example.org', '$6$Zx8bq1Lm0Pn2Rt4w$niqF8dDjXyk4Q8/UGju6EojdQfCTtrWl9fFJjyEgDZnFGN9HVYRjqbDmWQp3JB2YH0Zd1UP6e82cbbeRt4SY00'), (2, 'o''brien@example.com', '{SHA512-CRYPT}$6$Zx8bq1Lm0Pn2Rt4w$niqF8dDjXyk4Q8/UGju6EojdQfCTtrWl9fFJjyEgDZnFGN9HVYRjqbDmWQp3JB2YH0Zd1UP6e82cbbeRt4SY00');\n"
-        "INSERT INTO virtual_aliases (domain_id, source, destination) VALUES "
-        "(1, 'jack@example.org', 'john@example.org'), (1, 'sales@example.org', 'john@example.org'), "
-        "(1, 'sales@example.org', 'jane@example.org'), (1, '@example.org', 'john@example.org');\n"
-    )
+    host.sql(GUIDE_ROWS)
     instance.start()
     assert instance.rcpt_to("sender@example.com", "john@example.org")[0] == 250
     yield host

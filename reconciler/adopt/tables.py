@@ -27,6 +27,7 @@ from reconciler.postfix import (
     postalias,
     postconf,
     postmap,
+    split_list,
     table_refs,
 )
 from reconciler.tables import built_suffixes
@@ -73,8 +74,9 @@ def collect_files(config_dir: Path, outside_paths: Iterable[str], secrets: Secre
             found.files[name] = LiveFile(POSTFIX_DIR + name, path.read_bytes(), path, path)
         except OSError as exc:
             raise ReconcilerError(f"{path}: {exc.strerror}") from None
+    params = _parameters(config_dir)
     by_path: dict[str, list[TableRef]] = {}
-    for ref in _table_refs(config_dir):
+    for ref in table_refs(params):
         by_path.setdefault(ref.path, []).append(ref)
     root = str(config_dir).rstrip("/") + "/"
     for ref_path, path_refs in sorted(by_path.items()):
@@ -93,18 +95,18 @@ def collect_files(config_dir: Path, outside_paths: Iterable[str], secrets: Secre
             )
             continue
         _import_table(path_refs, rel, repo, config_dir, secrets, found)
-    _note_unused(config_dir, found)
+    _note_unused(config_dir, found, params)
     return found
 
 
-def _table_refs(config_dir: Path) -> list[TableRef]:
-    """Every table reference of main.cf (``postconf -n``) and master.cf's services (``-P``)."""
+def _parameters(config_dir: Path) -> dict[str, str]:
+    """main.cf's parameters (``postconf -n -x``) and master.cf's ``-o`` ones (``-P -x``, as service/type/name)."""
     results = {flag: postconf(config_dir, flag, "-x") for flag in ("-n", "-P")}
     for flag, res in results.items():
         if res.returncode != 0:
             detail = "; ".join(d.text for d in res.diagnostics)
             raise ReconcilerError(f"postconf -c {config_dir} {flag} failed: {detail}")
-    return [*table_refs(parse_parameters(results["-n"].stdout)), *table_refs(parse_parameters(results["-P"].stdout))]
+    return {**parse_parameters(results["-n"].stdout), **parse_parameters(results["-P"].stdout)}
 
 
 def _import_table(
@@ -216,8 +218,22 @@ def mode_of(path: Path) -> tuple[int, str]:
     return st.st_mode & 0o7777, group
 
 
-def _note_unused(config_dir: Path, found: Findings) -> None:
+def _named_files(config_dir: Path, params: dict[str, str]) -> dict[str, set[str]]:
+    """Files of the config dir that parameters name by path, not as ``type:path`` (a domain list such
+    as ``virtual_mailbox_domains = /etc/postfix/vhost``, ``smtpd_tls_dh1024_param_file``): rel -> names."""
+    root = str(config_dir).rstrip("/") + "/"
+    named: dict[str, set[str]] = {}
+    for name, value in params.items():
+        for item in split_list(value):
+            if item.startswith(root) and ".." not in item.split("/"):
+                named.setdefault(item[len(root) :], set()).add(name)
+    return named
+
+
+def _note_unused(config_dir: Path, found: Findings, params: dict[str, str]) -> None:
     imported = {str(f.origin) for f in found.files.values()} | {str(f.live) for f in found.files.values()}
+    named = _named_files(config_dir, params)
+    used: list[str] = []
     left: list[str] = []
     for path in sorted(config_dir.rglob("*")):
         if path.is_dir() or str(path) in imported or path.name.startswith("."):
@@ -226,7 +242,16 @@ def _note_unused(config_dir: Path, found: Findings) -> None:
             str(path).startswith(str(f.live)) and path.suffix in (".db", ".lmdb", ".cdb") for f in found.files.values()
         ):
             continue  # a built table of an imported source
-        left.append(str(path.relative_to(config_dir)))
+        rel = str(path.relative_to(config_dir))
+        if rel in named:
+            used.append(f"{rel} ({', '.join(sorted(named[rel]))})")
+        else:
+            left.append(rel)
+    if used:
+        found.notes.append(
+            "not imported (main.cf or master.cf name them by path, not as a lookup table: Postfix reads them "
+            "as they are, the agent does not manage them): " + ", ".join(used)
+        )
     if left:
         found.notes.append(
             "not imported (main.cf and master.cf do not use them; they stay as they are, unmanaged): " + ", ".join(left)
