@@ -460,17 +460,13 @@ FAST_ALIASES = [
 ]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-
-
 def _both_paths(domains: list[tuple[str, str]], users: list[tuple[str, str, str]], aliases: list[tuple[str, str, str]]):  # type: ignore[no-untyped-def]
-    """(fast result or None, row-by-row result) for the same rows, given as the client prints them."""
+    """(fast result or None, row-by-row result) for the same rows, given as the client prints them (raw)."""
     from reconciler.adopt import bulk
     from reconciler.adopt.domains import texts_from_rows
 
-    users_text = "".join(f"{d}\t{_escape(e)}\t{_escape(p)}\n" for d, e, p in users)
-    aliases_text = "".join(f"{d}\t{_escape(s)}\t{_escape(t)}\n" for d, s, t in aliases)
+    users_text = "".join(f"{d}\t{e}\t{p}\n" for d, e, p in users)
+    aliases_text = "".join(f"{d}\t{s}\t{t}\n" for d, s, t in aliases)
     user_lines, alias_lines = users_text.split("\n")[:-1], aliases_text.split("\n")[:-1]
     fast = None
     if bulk.users_ok(users_text, user_lines) and bulk.aliases_ok(aliases_text, alias_lines):
@@ -516,6 +512,10 @@ def test_fast_path_gives_the_row_by_row_texts() -> None:
         ([("99", "p@a.example", HASH)], [], True),  # no such domain id
         ([("1", "a\tb@a.example", HASH)], [], True),
         ([("1", ".a@a.example", HASH)], [], True),
+        ([("1", "p@a.example", "{X}a b")], [], True),  # a space in the hash
+        ([("1", "p@a.example", "{X}a\x01b")], [], True),  # a control character
+        ([("1", "p@a.example", "{X}a\tb")], [], True),  # a tab: four fields
+        ([("1", "p@a.example", "{X}a\u00e9")], [], True),
         ([], [("1", "s@b.example", "z@a.example")], True),
         ([], [("1", "s@a.example", "NULL")], True),
         ([], [("1", "s@a.example", "@a.example")], True),
@@ -533,6 +533,15 @@ def test_fast_path_leaves_the_rest_to_the_row_by_row_path(
     fast, (_texts, _counts, problems) = _both_paths(FAST_DOMAINS, FAST_USERS + users, FAST_ALIASES + aliases)
     assert fast is None
     assert bool(problems) == problem, problems
+
+
+def test_fast_path_password_rule_is_the_models_with_its_body_checked_per_chunk() -> None:
+    """The fast path embeds models.PASSWORD_OK_RE with only the {SCHEME} body rule replaced (by a chunk-wide check)."""
+    from reconciler import models
+    from reconciler.adopt import bulk
+
+    assert bulk._ANY_HASH in models.PASSWORD_OK_RE.pattern
+    assert bulk._ANY_HASH_HERE in bulk._PASSWORD and bulk._ANY_HASH not in bulk._PASSWORD
 
 
 def test_fast_path_refuses_an_invalid_domain_name() -> None:
@@ -554,3 +563,25 @@ def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
     texts, counts, problems = collect_rows(cfg)
     assert problems == [] and counts[1] >= 2
     assert (dict(texts), counts, problems) == texts_from_rows(*read_tables(cfg))
+
+
+def test_fast_path_counts_the_rows_a_raw_newline_cannot_add(guide_host: GuideHost) -> None:
+    """A value with a newline prints as two lines that each look like a good row: the row counts send it row by row."""
+    from reconciler.adopt import bulk
+    from reconciler.adopt.rows import read_lines
+    from reconciler.models import load_config
+
+    host = guide_host
+    host.sql("DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n")
+    cfg = load_config(host.config)
+    client = shutil.which("mariadb") or "mariadb"
+    assert read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok) is not None
+    host.sql(  # the password: {X}ab, a newline, then a line that looks like a good row
+        "INSERT INTO virtual_users (domain_id, email, password) SELECT id, 'real@example.com', "
+        "CONCAT('{X}ab', CHAR(10), '1', CHAR(9), 'forged@example.com', CHAR(9), '{SHA512-CRYPT}$6$x$', "
+        "REPEAT('a', 86)) FROM virtual_domains WHERE name = 'example.com';\n"
+    )
+    assert read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok) is None
+    res = host.cli("import", "--out", str(host.base / "imported"))
+    assert res.returncode == 1 and "real@example.com: the password is not a hash" in res.stdout, res.stdout
+    assert "forged" not in res.stdout and not (host.base / "imported").exists()
