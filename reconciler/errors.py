@@ -75,8 +75,6 @@ class ToolError(ReconcilerError):
     """A Postfix or database tool could not be run (missing binary, crash)."""
 
 
-
-
 def _escape(text: str) -> str:
     return CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 

@@ -107,9 +107,7 @@ class ParseCache:
         rows_dir.mkdir(mode=0o700, exist_ok=True)
         return rows_dir
 
-    def remember(
-        self, blob_id: str, domain: str, digest: Digest, alias_keys: tuple[Pair, ...]
-    ) -> None:
+    def remember(self, blob_id: str, domain: str, digest: Digest, alias_keys: tuple[Pair, ...]) -> None:
         """Index a valid blob whose rows file ``write_rows`` has written."""
         self._index[blob_id] = CachedDomain(domain, digest, alias_keys)
         self._dirty = True

@@ -15,6 +15,7 @@ from reconciler.vocab import Digest
 
 Pair = tuple[str, str]
 
+
 def rows_digest(users: Iterable[Pair], aliases: Iterable[Pair]) -> Digest:
     """(user count, XOR of MD5s, alias count, XOR of MD5s) of a domain's rows.
 

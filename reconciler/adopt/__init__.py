@@ -27,6 +27,7 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import structlog
 from reconciler.adopt import repo
 from reconciler.adopt.domains import collect_rows, domain_schema
 from reconciler.adopt.gitstore import NewRepository
+from reconciler.adopt.rows import require_tables
 from reconciler.adopt.secrets import Secrets
 from reconciler.adopt.tables import collect_files
 from reconciler.desired.render import SECRET_FILE_GROUP, SECRET_FILE_MODE
@@ -76,12 +78,9 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
     if not out.parent.is_dir():
         raise ReconcilerError(f"{out.parent}: no such directory")
     config_dir = Path(cfg.postfix.config_dir)
+    require_tables(cfg)
     secrets = Secrets.load(Path(cfg.secrets.dir))
     found = collect_files(config_dir, cfg.postfix.outside_paths, secrets)
-    domains, counts, row_problems = collect_rows(cfg)
-    found.problems.extend(row_problems)
-    if found.problems:
-        raise CannotImport(found.problems)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
         git = NewRepository(tmp, cfg.source.branch)
@@ -89,7 +88,16 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
             for f in found.files.values():
                 git.write(f.repo_path, f.data)
             git.wait()
-            validated = validate_snapshot(open_snapshot(tmp), str(config_dir), None, cfg.postfix.outside_paths)
+            # The staged files are checked as a revision would be (Postfix's tools, mostly waiting on
+            # them) while the rows are read: the two take no time from each other.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-validate") as pool:
+                checked = pool.submit(
+                    validate_snapshot, open_snapshot(tmp), str(config_dir), None, cfg.postfix.outside_paths
+                )
+                domains, counts, row_problems = collect_rows(cfg)
+                validated = checked.result()
+            if found.problems or row_problems:
+                raise CannotImport(found.problems + row_problems)  # the checks' findings would repeat them
             if validated.problems:
                 raise CannotImport(
                     [

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pymysql.cursors
 
-from reconciler.db import Connection, connect, read_password
+from reconciler.db import MAIL_TABLES, Connection, connect, missing_mail_tables, read_password
 from reconciler.errors import ReconcilerError, TemporaryError
 from reconciler.models import AgentConfig
 from reconciler.vocab import MASK
@@ -74,6 +74,24 @@ def client_program(cfg: AgentConfig) -> str | None:
     """The ``mariadb`` (or ``mysql``) client to read the tables with, None to read with PyMySQL."""
     client = shutil.which("mariadb") or shutil.which("mysql")
     return client if client is not None and isinstance(cfg.mysql.host, str) else None
+
+
+def require_tables(cfg: AgentConfig) -> None:
+    """Stop an import (exit 2, one line) when the database lacks a mail table, before anything is read.
+
+    Without it the mariadb client's multi-line error (the failing statement echoed between dashes)
+    would be the message.
+    """
+    conn = connect(cfg.mysql)
+    try:
+        missing = missing_mail_tables(conn)
+    finally:
+        conn.close()
+    if missing:
+        raise ReconcilerError(
+            f"database {cfg.mysql.database} has no table {', '.join(missing)} (or {cfg.mysql.user} cannot see it); "
+            f"an import reads {', '.join(MAIL_TABLES)} (SPEC section 2): nothing was written"
+        )
 
 
 def read_tables(cfg: AgentConfig) -> Tables:

@@ -195,9 +195,9 @@ def _page_routes(app: FastAPI, view: AgentView, fleet: FleetSource | None, *, to
         )
 
 
-
 def _document_routes(app: FastAPI, view: AgentView) -> None:
     """``/healthz``, ``/status``, ``/diff``, ``/fleet`` and ``/metrics``: the documents (SPEC 5)."""
+
     @app.get("/healthz", response_model=Health)
     def healthz() -> Response:
         """200 while the agent's loop is alive, 503 otherwise."""
@@ -237,7 +237,6 @@ def _document_routes(app: FastAPI, view: AgentView) -> None:
     def metrics() -> Response:
         """Prometheus text format."""
         return Response(generate_latest(view.registry), media_type=CONTENT_TYPE_LATEST)
-
 
 
 def _trigger_routes(

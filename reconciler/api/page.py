@@ -163,9 +163,7 @@ def diff_blocks(doc: Mapping[str, Any]) -> PendingDiff:
         changed = c.get("changed")
         if action == "update" and changed:
             what += (
-                " ("
-                + ", ".join("password hash changed" if k == "password" else f"{k} changed" for k in changed)
-                + ")"
+                " (" + ", ".join("password hash changed" if k == "password" else f"{k} changed" for k in changed) + ")"
             )
         by_domain.setdefault(str(c.get("domain")), []).append(f"{sign} {c.get('table')} {action} {what}")
     for domain in sorted(by_domain):

@@ -131,9 +131,7 @@ class Applier:
 
     def apply(self, plan: Plan, *, postfix_running: bool) -> ApplyResult:
         started = time.monotonic()
-        inventory = Inventory(
-            plan.revision, plan.managed_files, tuple(plan.managed_tables)
-        )
+        inventory = Inventory(plan.revision, plan.managed_files, tuple(plan.managed_tables))
         apply_id = uuid.uuid4().hex
         journal = Journal(
             apply_id, plan.revision, str(self.config_dir), Phase.PREPARE, [], postfix_running, inventory.to_json()

@@ -12,8 +12,6 @@ from pathlib import Path
 import structlog
 
 from reconciler.cli.config import EXIT_ERROR, EXIT_FAIL, EXIT_OK, read_config
-from reconciler.errors import ReconcilerError
-from reconciler.models import AgentConfig
 
 log = structlog.get_logger("reconciler.cli")
 
@@ -37,7 +35,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     from reconciler.adopt import CannotImport, import_host
 
     cfg = read_config(args.config)
-    _require_mail_tables(cfg)
     try:
         result = import_host(cfg, Path(args.out))
     except CannotImport as exc:
@@ -58,26 +55,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     if result.secrets:
         print(f"new secrets in {cfg.secrets.dir} (mode 0600): {', '.join(result.secrets)}")
     return EXIT_OK
-
-
-def _require_mail_tables(cfg: AgentConfig) -> None:
-    """Stop an import (exit 2, one line, nothing written) when the database lacks a mail table.
-
-    Checked before anything is read: without it the mariadb client's multi-line error (the failing
-    statement echoed between dashes) would be the message.
-    """
-    from reconciler.db import MAIL_TABLES, connect, missing_mail_tables
-
-    conn = connect(cfg.mysql)
-    try:
-        missing = missing_mail_tables(conn)
-    finally:
-        conn.close()
-    if missing:
-        raise ReconcilerError(
-            f"database {cfg.mysql.database} has no table {', '.join(missing)} (or {cfg.mysql.user} cannot see it); "
-            f"an import reads {', '.join(MAIL_TABLES)} (SPEC section 2): nothing was written"
-        )
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:

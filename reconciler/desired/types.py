@@ -44,10 +44,6 @@ class DesiredFile:
     secrets: frozenset[str]
 
 
-
-
-
-
 @dataclass(frozen=True)
 class DomainData:
     """A hosted domain as the revision declares it (in-memory): digest now, rows on demand."""

@@ -179,9 +179,7 @@ def _row_changes(desired: Desired, observed: Observed) -> tuple[list[RowChange],
                 middle.append(RowChange(Action.CREATE, Table.ALIASES, f"{pair[0]} -> {pair[1]}", name, None, row))
             continue
         middle.extend(_keyed_changes(Table.USERS, name, h.users, w.users, ("email", "password"), lambda k: k))
-        middle.extend(
-            _keyed_changes(Table.ALIASES, name, h.aliases, w.aliases, ("source", "destination"), " -> ".join)
-        )
+        middle.extend(_keyed_changes(Table.ALIASES, name, h.aliases, w.aliases, ("source", "destination"), " -> ".join))
         if want is None and have is not None:
             deletes.append(RowChange(Action.DELETE, Table.DOMAINS, name, name, {"name": live[key]}, None))
     return [*creates, *middle, *deletes], digests

@@ -54,7 +54,6 @@ class LiveFile:
     group: str
 
 
-
 @dataclass(frozen=True)
 class Observed:
     """Everything ``plan`` needs of the live host (in-memory).
