@@ -78,6 +78,7 @@ def connect(cfg: MysqlConfig, *, autocommit: bool = False) -> Connection:
                 host=host,
                 port=port,
                 unix_socket=cfg.unix_socket or None,
+                ssl_disabled=bool(cfg.unix_socket) or None,  # TLS on a local socket guards nothing, costs 40 ms
                 charset="utf8mb4",
                 autocommit=autocommit,
                 connect_timeout=5,
