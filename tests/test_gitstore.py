@@ -1,0 +1,104 @@
+"""reconciler.adopt.gitstore: the repository an import writes in git's own formats, checked by git itself.
+
+The same files are committed once through ``NewRepository`` and once with ``git add -A``: the trees
+must be the same object, ``git fsck --strict --full`` and ``git verify-pack`` must find nothing,
+``git status`` must be clean without hashing anything, and the result must clone and push. The pack
+index's large-offset table (packs over 2 GiB) is checked by reading it back.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from reconciler.adopt.gitstore import NewRepository, _pack_index, _stored_zlib
+
+FILES = {
+    "README.md": b"# imported\n",
+    "domains/a.example.yaml": b"domain: a.example\n" * 20000,  # several stored blocks
+    "domains/b.example.yaml": b"",
+    "domains/c.example.yaml": b"",  # the same (empty) object twice
+    "postfix/main.cf": b"myhostname = mx.example\n",
+    "postfix/sql/mysql-users.cf": b"user = mail\npassword = ${secret:mysql_mail_password}\n",
+    "postfix-extra": b"sorts before postfix/ in the index, after it in the tree\n",
+    "postfix.d/x": b"x\n",
+    "rootfs/etc/aliases": b"postmaster: root\n",
+    "schemas/domain.schema.json": b"{}\n",
+}
+
+
+def _git(repo: Path, *args: str) -> str:
+    res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, (args, res.stderr)
+    return res.stdout.strip()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 200_000])
+def test_stored_zlib_is_a_zlib_stream(size: int) -> None:
+    data = os.urandom(size)
+    assert zlib.decompress(b"".join(bytes(p) for p in _stored_zlib(data))) == data
+
+
+def test_new_repository_is_what_git_add_gives(tmp_path: Path) -> None:
+    """Same tree as ``git add -A``; fsck, verify-pack and status clean; clones and pushes."""
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    repo = NewRepository(ours, "main")
+    try:
+        for rel, data in FILES.items():
+            repo.write(rel, data)
+        commit = repo.commit("Import of a test host")
+    finally:
+        repo.close()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    for rel, data in FILES.items():
+        (theirs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (theirs / rel).write_bytes(data)
+    _git(theirs, "init", "-q", "-b", "main")
+    _git(theirs, "add", "-A")
+    assert _git(ours, "rev-parse", "HEAD^{tree}") == _git(theirs, "write-tree")
+    assert _git(ours, "rev-parse", "HEAD") == commit and _git(ours, "symbolic-ref", "HEAD") == "refs/heads/main"
+    assert _git(ours, "log", "--format=%s") == "Import of a test host"
+    _git(ours, "fsck", "--strict", "--full", "--no-dangling")
+    packs = list((ours / ".git" / "objects" / "pack").glob("pack-*.idx"))
+    assert len(packs) == 1 and not list((ours / ".git" / "objects").glob("??/*"))  # no loose objects
+    assert _git(ours, "verify-pack", str(packs[0])) == ""
+    ls = _git(ours, "ls-files", "-s").splitlines()
+    assert [line.split("\t")[1] for line in ls] == sorted(FILES)  # byte order, as git keeps its index
+    assert ls == _git(theirs, "ls-files", "-s").splitlines()
+    assert _git(ours, "status", "--porcelain") == ""
+    (ours / "domains" / "b.example.yaml").write_bytes(b"changed\n")
+    assert _git(ours, "status", "--porcelain") == "M domains/b.example.yaml"
+    _git(ours, "checkout", "--", "domains/b.example.yaml")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ours), str(clone)], check=True, capture_output=True)
+    assert (clone / "domains" / "a.example.yaml").read_bytes() == FILES["domains/a.example.yaml"]
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    _git(ours, "push", "-q", str(bare), "main")
+    assert _git(bare, "rev-parse", "main") == commit
+    _git(ours, "gc", "-q")
+    _git(ours, "fsck", "--strict", "--full", "--no-dangling")
+
+
+def test_pack_index_keeps_large_offsets_apart() -> None:
+    """Offsets of 2 GiB and more go to the 8-byte table, the 4-byte one pointing there (index version 2)."""
+    ids = [bytes([b]) * 20 for b in (0x01, 0x80, 0xFE)]
+    objects = {ids[0]: (12, 7), ids[1]: (0x80000000, 8), ids[2]: (0x1_2345_6789, 9)}
+    data = _pack_index(objects, b"\x11" * 20)
+    assert data[:8] == b"\xfftOc\x00\x00\x00\x02"
+    fanout = struct.unpack(">256I", data[8 : 8 + 1024])
+    assert (fanout[0], fanout[0x01], fanout[0x80], fanout[0xFE], fanout[0xFF]) == (0, 1, 2, 3, 3)
+    at = 8 + 1024
+    assert [data[at + 20 * i : at + 20 * i + 20] for i in range(3)] == ids
+    at += 60
+    assert struct.unpack(">3I", data[at : at + 12]) == (7, 8, 9)
+    assert struct.unpack(">3I", data[at + 12 : at + 24]) == (12, 0x80000000, 0x80000001)
+    assert struct.unpack(">2Q", data[at + 24 : at + 40]) == (0x80000000, 0x1_2345_6789)
+    assert data[at + 40 : at + 60] == b"\x11" * 20 and len(data) == at + 80
