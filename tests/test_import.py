@@ -470,7 +470,11 @@ def _both_paths(domains: list[tuple[str, str]], users: list[tuple[str, str, str]
     user_lines, alias_lines = users_text.split("\n")[:-1], aliases_text.split("\n")[:-1]
     fast = None
     if bulk.users_ok(users_text, user_lines) and bulk.aliases_ok(aliases_text, alias_lines):
-        fast = bulk.domain_texts(domains, user_lines, alias_lines)
+        lazy = bulk.domain_texts(domains, user_lines, alias_lines)
+        try:  # each text is checked as it is made: one the fast path does not cover ends it
+            fast = None if lazy is None else (dict(lazy[0].items()), lazy[1])
+        except bulk.NotCovered:
+            fast = None
     slow = texts_from_rows(
         domains,
         [(str(n), d, e, p) for n, (d, e, p) in enumerate(users, 1)],
@@ -500,7 +504,9 @@ def test_fast_path_gives_the_row_by_row_texts() -> None:
         ([("1", "Big@a.example", HASH)], [], False),  # upper case: casefold order is not byte order
         ([("1", "u@A.EXAMPLE", HASH)], [], True),
         ([("1", "q@a.example", '{PBKDF2}x"y\\z')], [], False),  # quoted as a JSON string
-        ([("1", "a@a.example", SHA)], [], False),  # the same address twice: the row order decides
+        ([("1", "a@a.example", SHA)], [], True),  # the same address twice: a domain file holds each once
+        ([("1", "A@a.example", SHA)], [], True),  # the same, casefolded
+        ([], [("1", "a@a.example", "x@other.example")], True),  # the same alias twice
         ([("1", "ü@a.example", HASH)], [], True),
         ([("1", "p@a.example", "secret")], [], True),  # plaintext
         ([("1", "p@a.example", "{PLAIN}secret")], [], True),
@@ -563,6 +569,26 @@ def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
     texts, counts, problems = collect_rows(cfg)
     assert problems == [] and counts[1] >= 2
     assert (dict(texts), counts, problems) == texts_from_rows(*read_tables(cfg))
+
+
+def test_duplicates_without_unique_keys_are_named(guide_host: GuideHost) -> None:
+    """Without the unique keys, a mailbox or an alias twice leaves the fast path late (while writing): both rows named, nothing written."""
+    host = guide_host
+    host.sql(
+        "DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n"
+        "ALTER TABLE virtual_users DROP INDEX uq_virtual_users_email;\n"
+        "ALTER TABLE virtual_aliases DROP INDEX uq_virtual_aliases_pair;\n"
+        "INSERT INTO virtual_users (domain_id, email, password) SELECT domain_id, email, password FROM virtual_users "
+        "WHERE email = 'john@example.org';\n"
+        "INSERT INTO virtual_aliases (domain_id, source, destination) SELECT domain_id, source, destination "
+        "FROM virtual_aliases ORDER BY id LIMIT 1;\n"
+    )
+    out = host.base / "imported"
+    res = host.cli("import", "--out", str(out))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "'john@example.org': the same mailbox as virtual_users id=" in res.stdout, res.stdout
+    assert "the same alias as virtual_aliases id=" in res.stdout, res.stdout
+    assert not out.exists() and not list(host.base.glob(".imported.import-*"))
 
 
 def test_fast_path_counts_the_rows_a_raw_newline_cannot_add(guide_host: GuideHost) -> None:

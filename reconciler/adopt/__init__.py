@@ -34,11 +34,12 @@ from pathlib import Path
 import structlog
 
 from reconciler.adopt import repo
-from reconciler.adopt.domains import collect_rows, domain_schema
+from reconciler.adopt.bulk import NotCovered
+from reconciler.adopt.domains import Counts, collect_rows, domain_schema
 from reconciler.adopt.gitstore import NewRepository
 from reconciler.adopt.rows import require_tables
 from reconciler.adopt.secrets import Secrets
-from reconciler.adopt.tables import collect_files
+from reconciler.adopt.tables import Findings, collect_files
 from reconciler.desired.render import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.errors import PermanentError, Problem, ReconcilerError
 from reconciler.models import AgentConfig
@@ -77,10 +78,34 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
         raise ReconcilerError(f"{out}: already exists and is not empty; import writes a new repository")
     if not out.parent.is_dir():
         raise ReconcilerError(f"{out.parent}: no such directory")
-    config_dir = Path(cfg.postfix.config_dir)
     require_tables(cfg)
     secrets = Secrets.load(Path(cfg.secrets.dir))
-    found = collect_files(config_dir, cfg.postfix.outside_paths, secrets)
+    found = collect_files(Path(cfg.postfix.config_dir), cfg.postfix.outside_paths, secrets)
+    try:
+        commit, counts = _write(cfg, out, found, secrets, fast=True)
+    except NotCovered as exc:  # a domain's rows the fast path does not cover: all again, row by row
+        log.debug("import.fast_path_left", domain=str(exc))
+        commit, counts = _write(cfg, out, found, secrets, fast=False)
+    log.info("import.done", out=str(out), files=len(found.files), domains=counts[0])
+    return ImportResult(
+        out,
+        sorted(found.files),
+        counts[0],
+        counts[1],
+        counts[2],
+        sorted(secrets.new),
+        found.notes + found.actions,
+        commit,
+    )
+
+
+def _write(cfg: AgentConfig, out: Path, found: Findings, secrets: Secrets, *, fast: bool) -> tuple[str, Counts]:
+    """Read the rows, write the repository beside ``out``, then the secrets and the live writes, then rename it.
+
+    Nothing stays behind when it raises (``CannotImport``, ``NotCovered``, anything): the staged
+    directory is removed and nothing live has been written yet.
+    """
+    config_dir = Path(cfg.postfix.config_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
         git = NewRepository(tmp, cfg.source.branch)
@@ -94,7 +119,7 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
                 checked = pool.submit(
                     validate_snapshot, open_snapshot(tmp), str(config_dir), None, cfg.postfix.outside_paths
                 )
-                domains, counts, row_problems = collect_rows(cfg)
+                domains, counts, row_problems = collect_rows(cfg, fast=fast)
                 validated = checked.result()
             if found.problems or row_problems:
                 raise CannotImport(found.problems + row_problems)  # the checks' findings would repeat them
@@ -105,7 +130,7 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
                         for p in validated.problems
                     ]
                 )
-            for name, text in domains.items():
+            for name, text in domains.items():  # each text made while the one before is written
                 git.write(f"domains/{name}.yaml", text.encode())
             git.write("schemas/domain.schema.json", domain_schema().encode())
             git.write("README.md", repo.readme(cfg, found, counts).encode())
@@ -124,14 +149,4 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("import.done", out=str(out), files=len(found.files), domains=counts[0])
-    return ImportResult(
-        out,
-        sorted(found.files),
-        counts[0],
-        counts[1],
-        counts[2],
-        sorted(secrets.new),
-        found.notes + found.actions,
-        commit,
-    )
+    return commit, counts

@@ -58,6 +58,7 @@ def _rows(long: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
 _SHORT_ROWS, _LONG_ROWS = _rows(long=False), _rows(long=True)
 _SHORT = 254
 _DUPLICATE = re.compile(r"\n([^\t]++\t[^\t]++\t)[^\n]*+\n\1")  # the same id and address twice, once sorted
+_SAME_LINE = re.compile(r"(?:^|\n)([^\n]++)\n\1(?:\n|\Z)")  # the same alias twice, once sorted
 _NEXT_MAILBOX, _PASSWORD_KEY = '"\n  - address: ', '\n    password: "'
 _NEXT_ALIAS, _DESTINATION_KEY = "\n  - source: ", "\n    destination: "
 
@@ -91,64 +92,73 @@ def _chunk_ok(chunk: str, lines: list[str], table: int) -> bool:
     return True
 
 
+class NotCovered(Exception):
+    """A domain's rows need the row-by-row path, found when its text was made (``Lazy``)."""
+
+
 def domain_texts(
     domain_rows: list[tuple[str, str]], users: list[str], aliases: list[str], emails_unique: bool = False
 ) -> Texts | None:
     """Domain file texts by domain and the counts, from lines ``users_ok``/``aliases_ok`` accepted.
 
     None when a row needs the row-by-row path: an invalid domain name, a row of a domain id that does
-    not exist, an address outside its domain, a mailbox address twice (not looked for when the
-    database keeps emails unique: ``emails_unique``). Sorts both lists in place and
-    empties them once every domain's rows are checked. Each text is made when it is read (``Lazy``):
-    while the import writes one file, git stages the one before.
+    not exist. The rest is checked per domain as its text is made (``Lazy``), so that the import
+    writes one file while the next is made: an address outside its domain, a mailbox address twice
+    (not looked for when the database keeps emails unique: ``emails_unique``), an alias twice
+    raise ``NotCovered`` then. Sorts both lists in place (the texts are made from them).
     """
     names = dict(domain_rows)
     if any(domain_problem(name) for name in names.values()):
         return None
     users.sort()  # grouped by domain id, then ordered by address within it
     aliases.sort()
-    blocks: dict[str, tuple[str, str, str]] = {}
+    runs: dict[str, tuple[str, slice, slice]] = {}
     seen_users = seen_aliases = 0
     for ident, name in names.items():
-        user_block, n_users = _block(users, ident)
-        alias_block, n_aliases = _block(aliases, ident)
-        if n_users and not _in_domain(user_block, name, n_users):
-            return None
-        if n_users > 1 and not emails_unique and _DUPLICATE.search("\n" + user_block):
-            return None
-        if n_aliases and not _in_domain(alias_block, name, n_aliases):
-            return None
-        blocks[name] = (ident, user_block, alias_block)
-        seen_users += n_users
-        seen_aliases += n_aliases
+        user_run, alias_run = _run(users, ident), _run(aliases, ident)
+        runs[name] = (ident, user_run, alias_run)
+        seen_users += user_run.stop - user_run.start
+        seen_aliases += alias_run.stop - alias_run.start
     if seen_users != len(users) or seen_aliases != len(aliases):
         return None  # rows of a domain id that does not exist
-    users.clear()
-    aliases.clear()
-    return Lazy(blocks), (len(names), seen_users, seen_aliases)
+    return Lazy(users, aliases, runs, emails_unique), (len(names), seen_users, seen_aliases)
 
 
 class Lazy(Mapping[str, str]):
-    """Domain file texts by domain (in-memory, during an import), each made from its blocks when read."""
+    """Domain file texts by domain (in-memory, during an import), each made and checked when read.
 
-    def __init__(self, blocks: dict[str, tuple[str, str, str]]) -> None:
-        self._blocks = blocks
+    Reading one whose rows the fast path does not cover raises ``NotCovered``.
+    """
+
+    def __init__(
+        self, users: list[str], aliases: list[str], runs: dict[str, tuple[str, slice, slice]], emails_unique: bool
+    ) -> None:
+        self._users, self._aliases, self._runs, self._emails_unique = users, aliases, runs, emails_unique
 
     def __getitem__(self, domain: str) -> str:
-        return _yaml(domain, *self._blocks[domain])
+        ident, user_run, alias_run = self._runs[domain]
+        users, aliases = "\n".join(self._users[user_run]), "\n".join(self._aliases[alias_run])
+        n_users, n_aliases = user_run.stop - user_run.start, alias_run.stop - alias_run.start
+        if (
+            not _in_domain(users, domain, n_users)
+            or not _in_domain(aliases, domain, n_aliases)
+            or (n_users > 1 and not self._emails_unique and _DUPLICATE.search("\n" + users))
+            or (n_aliases > 1 and _SAME_LINE.search(aliases))
+        ):
+            raise NotCovered(domain)
+        return _yaml(domain, ident, users, aliases)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._blocks)
+        return iter(self._runs)
 
     def __len__(self) -> int:
-        return len(self._blocks)
+        return len(self._runs)
 
 
-def _block(lines: list[str], ident: str) -> tuple[str, int]:
-    """The sorted lines of domain ``ident``, newline-separated, and how many there are."""
+def _run(lines: list[str], ident: str) -> slice:
+    """Where the sorted lines of domain ``ident`` are."""
     lo = bisect_left(lines, ident + "\t")
-    hi = bisect_left(lines, ident + "\n", lo)  # "\n" sorts right after "\t": the end of this id's run
-    return "\n".join(lines[lo:hi]), hi - lo
+    return slice(lo, bisect_left(lines, ident + "\n", lo))  # "\n" sorts right after "\t": the end of the run
 
 
 def _in_domain(block: str, domain: str, rows: int) -> bool:

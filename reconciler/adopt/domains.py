@@ -36,21 +36,23 @@ _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*@[A-Za-z0-9.-]+\Z")
 Counts = tuple[int, int, int]
 
 
-def collect_rows(cfg: AgentConfig) -> tuple[Mapping[str, str], Counts, list[Problem]]:
+def collect_rows(cfg: AgentConfig, *, fast: bool = True) -> tuple[Mapping[str, str], Counts, list[Problem]]:
     """Domain file texts by domain, (domains, mailboxes, aliases) and the rows that cannot be represented.
 
-    Through the fast path (``reconciler.adopt.bulk``) when the client is there and every row is one
-    it covers; else, or when it gives up, row by row: the same texts, and the problems named.
+    Through the fast path (``reconciler.adopt.bulk``) when ``fast``, the client is there and every
+    row is one it covers; else, or when it gives up, row by row: the same texts, and the problems
+    named. The fast path's texts are checked as each is read: one that needs the row-by-row path
+    raises ``bulk.NotCovered`` then, and the caller asks again with ``fast=False``.
     """
     client = client_program(cfg)
-    if client is not None:
+    if fast and client is not None:
         lines = read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok)
-        fast = (
-            None if lines is None else bulk.domain_texts(lines.domains, lines.users, lines.aliases, lines.emails_unique)
-        )
-        if fast is not None:
-            log.debug("import.rows", path="fast", mailboxes=fast[1][1])
-            return fast[0], fast[1], []
+        texts = None
+        if lines is not None:
+            texts = bulk.domain_texts(lines.domains, lines.users, lines.aliases, lines.emails_unique)
+        if texts is not None:
+            log.debug("import.rows", path="fast", mailboxes=texts[1][1])
+            return texts[0], texts[1], []
     log.debug("import.rows", path="row by row")
     return texts_from_rows(*read_tables(cfg))
 
@@ -79,12 +81,18 @@ def _check_users(
 ) -> dict[str, list[tuple[str, str]]]:
     """(email, password) by domain id of the users that can be represented; the others into ``problems``."""
     users: dict[str, list[tuple[str, str]]] = {i: [] for i in names}
+    first: dict[str, str] = {}  # row id by casefolded address: a domain file holds each mailbox once
     for ident, domain_id, email, password in user_rows:
+        where = f"{Table.USERS} id={ident}"
+        key = email.casefold()
+        if key in first:
+            problems.append(Problem(where, None, f"{email!r}: the same mailbox as {Table.USERS} id={first[key]}"))
+            continue
+        first[key] = ident
         domain = names.get(domain_id)
         if domain is not None and _address_in(email, domain) is None and password_ok(password):
             users[domain_id].append((email, password))  # the common case: nothing to report
             continue
-        where = f"{Table.USERS} id={ident}"
         if domain is None:
             problems.append(Problem(where, None, f"{email!r}: domain_id {domain_id} does not exist"))
             continue
@@ -112,8 +120,18 @@ def _check_aliases(
     """(source, destination) by domain id of the aliases that can be represented; the others into ``problems``."""
     aliases: dict[str, list[tuple[str, str]]] = {i: [] for i in names}
     valid_domains: dict[str, bool] = {}  # destination domains checked once each
+    first: dict[tuple[str, str], str] = {}  # row id by casefolded pair: a domain file holds each alias once
     for ident, domain_id, source, destination in alias_rows:
         where = f"{Table.ALIASES} id={ident}"
+        pair = (source.casefold(), destination.casefold())
+        if pair in first:
+            problems.append(
+                Problem(
+                    where, None, f"{source!r} -> {destination!r}: the same alias as {Table.ALIASES} id={first[pair]}"
+                )
+            )
+            continue
+        first[pair] = ident
         domain = names.get(domain_id)
         if domain is None:
             problems.append(
