@@ -354,12 +354,16 @@ def test_client_and_pymysql_readers_agree(guide_host: GuideHost) -> None:
     cfg = load_config(host.config)
     client = shutil.which("mariadb") or "mariadb"
     domains, users, aliases = read_tables_client(cfg, client)
-    assert read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok) is None  # o'brien is quoted: row by row
-    lines = read_lines(cfg, client, lambda _chunk, _lines: True, lambda _chunk, _lines: True)
+    assert read_lines(cfg, client, bulk.users().take, bulk.aliases().take) is None  # o'brien is quoted: row by row
+    got_users: list[str] = []
+    got_aliases: list[str] = []
+    lines = read_lines(
+        cfg, client, lambda _c, lines: not got_users.extend(lines), lambda _c, lines: not got_aliases.extend(lines)
+    )
     assert lines is not None
     assert lines.domains == domains
-    assert sorted(lines.users) == sorted(f"{d}\t{e}\t{p}" for _, d, e, p in users)
-    assert sorted(lines.aliases) == sorted(f"{d}\t{s}\t{t}" for _, d, s, t in aliases)
+    assert sorted(got_users) == sorted(f"{d}\t{e}\t{p}" for _, d, e, p in users)
+    assert sorted(got_aliases) == sorted(f"{d}\t{s}\t{t}" for _, d, s, t in aliases)
     host.sql(
         "INSERT INTO virtual_aliases (domain_id, source, destination) VALUES "
         "(3, 'odd@example.net', 'a\\tb\\\\c\\nd@example.org'), (3, 'NULL@example.net', 'NULL');\n"
@@ -469,8 +473,14 @@ def _both_paths(domains: list[tuple[str, str]], users: list[tuple[str, str, str]
     aliases_text = "".join(f"{d}\t{s}\t{t}\n" for d, s, t in aliases)
     user_lines, alias_lines = users_text.split("\n")[:-1], aliases_text.split("\n")[:-1]
     fast = None
-    if bulk.users_ok(users_text, user_lines) and bulk.aliases_ok(aliases_text, alias_lines):
-        lazy = bulk.domain_texts(domains, user_lines, alias_lines)
+    user_runs, alias_runs = bulk.users(), bulk.aliases()
+    half = len(user_lines) // 2  # in two chunks, as the client's output comes
+    if (
+        user_runs.take("".join(f"{line}\n" for line in user_lines[:half]), user_lines[:half])
+        and user_runs.take("".join(f"{line}\n" for line in user_lines[half:]), user_lines[half:])
+        and alias_runs.take(aliases_text, alias_lines)
+    ):
+        lazy = bulk.domain_texts(domains, user_runs, alias_runs)
         try:  # each text is checked as it is made: one the fast path does not cover ends it
             fast = None if lazy is None else (dict(lazy[0].items()), lazy[1])
         except bulk.NotCovered:
@@ -565,7 +575,7 @@ def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
     host = guide_host
     host.sql("DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n")
     cfg = load_config(host.config)
-    assert read_lines(cfg, shutil.which("mariadb") or "mariadb", bulk.users_ok, bulk.aliases_ok) is not None
+    assert read_lines(cfg, shutil.which("mariadb") or "mariadb", bulk.users().take, bulk.aliases().take) is not None
     texts, counts, problems = collect_rows(cfg)
     assert problems == [] and counts[1] >= 2
     assert (dict(texts), counts, problems) == texts_from_rows(*read_tables(cfg))
@@ -601,13 +611,13 @@ def test_fast_path_counts_the_rows_a_raw_newline_cannot_add(guide_host: GuideHos
     host.sql("DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n")
     cfg = load_config(host.config)
     client = shutil.which("mariadb") or "mariadb"
-    assert read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok) is not None
+    assert read_lines(cfg, client, bulk.users().take, bulk.aliases().take) is not None
     host.sql(  # the password: {X}ab, a newline, then a line that looks like a good row
         "INSERT INTO virtual_users (domain_id, email, password) SELECT id, 'real@example.com', "
         "CONCAT('{X}ab', CHAR(10), '1', CHAR(9), 'forged@example.com', CHAR(9), '{SHA512-CRYPT}$6$x$', "
         "REPEAT('a', 86)) FROM virtual_domains WHERE name = 'example.com';\n"
     )
-    assert read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok) is None
+    assert read_lines(cfg, client, bulk.users().take, bulk.aliases().take) is None
     res = host.cli("import", "--out", str(host.base / "imported"))
     assert res.returncode == 1 and "real@example.com: the password is not a hash" in res.stdout, res.stdout
     assert "forged" not in res.stdout and not (host.base / "imported").exists()

@@ -1,24 +1,27 @@
 """The fast path of an import's rows: whole tables as text, checked and made domain files per domain.
 
-Called by ``reconciler.adopt.domains.collect_rows``: ``users_ok`` / ``aliases_ok`` check each chunk
-of the ``mariadb`` client's output while it is still being read (``reconciler.adopt.rows.read_lines``:
-``domain_id<TAB>email<TAB>password`` and ``domain_id<TAB>source<TAB>destination`` lines, no row
-ids), then ``domain_texts`` makes the domain files. Instead of a Python step per row, one regular
-expression checks a whole chunk, one sort of all lines groups them by domain and orders them within
-it, and each domain costs a few C-level passes over its text (``str.count``, ``str.replace``).
+Called by ``reconciler.adopt.domains.collect_rows``: a ``Runs`` per table (``users()``,
+``aliases()``) takes each chunk of the ``mariadb`` client's output while the next is still being
+sent (``reconciler.adopt.rows.read_lines``: ``domain_id<TAB>email<TAB>password`` and
+``domain_id<TAB>source<TAB>destination`` lines, no row ids), checks it, sorts it and files its
+lines by domain id; then ``domain_texts`` makes the domain files, each when it is read. Instead of
+a Python step per row, one regular expression checks a whole chunk, one sort a chunk, and each
+domain costs a merge of its sorted runs and a few C-level passes over its text (``str.count``,
+``str.replace``).
 
 It covers the rows a mail server usually holds: lower-case ASCII addresses in their domain, hashes
 without quotes or backslashes, no address twice. With those, byte order is the order
 ``domains.domain_yaml`` sorts in and its quoting is constant, so the texts are the same byte for
 byte (tests/test_import.py compares both on the same rows). Anything else, a problem included,
-gives False or None and the caller takes the row-by-row path, which says what is wrong with which row.
+gives False, None or ``NotCovered`` and the caller takes the row-by-row path, which says what is
+wrong with which row.
 """
-
 from __future__ import annotations
 
 import re
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
+from itertools import chain
 
 from reconciler import models
 from reconciler.models import domain_problem
@@ -63,21 +66,51 @@ _NEXT_MAILBOX, _PASSWORD_KEY = '"\n  - address: ', '\n    password: "'
 _NEXT_ALIAS, _DESTINATION_KEY = "\n  - source: ", "\n    destination: "
 
 
-def users_ok(chunk: str, lines: list[str]) -> bool:
-    """Whether every line of ``chunk`` (whole users lines, and split) is a mailbox row the fast path covers.
+class Runs:
+    """One table's lines the fast path took (in-memory, during an import): sorted runs by domain id.
 
-    If so, sorts ``lines`` in place: done while the client sends the next chunk, it leaves the
-    sort of all lines (``domain_texts``) sorted runs to merge.
+    ``take`` is handed each chunk of the client's output while the next one arrives
+    (``reconciler.adopt.rows.read_lines``); it checks the chunk, sorts it and files its lines by
+    domain id, so that once the client is done each domain's lines are a few sorted runs to merge.
     """
-    return _chunk_ok(chunk, lines, 0)
+
+    def __init__(self, table: int) -> None:
+        self.table = table  # 0: users (domain_id, email, password), 1: aliases (domain_id, source, destination)
+        self.runs: dict[str, list[list[str]]] = {}
+        self.count = 0
+
+    def take(self, chunk: str, lines: list[str]) -> bool:
+        """Whether every line of ``chunk`` (whole lines, and split) is a row the fast path covers; if so, keep them."""
+        if not _chunk_ok(chunk, lines, self.table):
+            return False
+        lines.sort()
+        start, end = 0, len(lines)
+        while start < end:
+            ident = lines[start].partition("\t")[0]
+            stop = bisect_left(lines, ident + "\n", start)  # "\n" sorts right after "\t": the end of the run
+            self.runs.setdefault(ident, []).append(lines[start:stop])
+            start = stop
+        self.count += end
+        return True
+
+    def lines(self, ident: str) -> list[str]:
+        """The lines of domain ``ident``, sorted (its runs merged)."""
+        runs = self.runs.get(ident, [])
+        if len(runs) == 1:
+            return runs[0]
+        merged = list(chain.from_iterable(runs))
+        merged.sort()
+        return merged
 
 
-def aliases_ok(chunk: str, lines: list[str]) -> bool:
-    """Whether every line of ``chunk`` (whole aliases lines, and split) is an alias row the fast path covers.
+def users() -> Runs:
+    """An empty ``Runs`` for virtual_users' lines."""
+    return Runs(0)
 
-    If so, sorts ``lines`` in place, as ``users_ok`` does.
-    """
-    return _chunk_ok(chunk, lines, 1)
+
+def aliases() -> Runs:
+    """An empty ``Runs`` for virtual_aliases' lines."""
+    return Runs(1)
 
 
 def _chunk_ok(chunk: str, lines: list[str], table: int) -> bool:
@@ -86,10 +119,7 @@ def _chunk_ok(chunk: str, lines: list[str], table: int) -> bool:
     if chunk.count("\t") != 2 * len(lines) or chunk.encode().translate(None, _VISIBLE):
         return False  # a tab in a value (each line has two at least), a control character or a space
     short = max(map(len, lines), default=0) <= _SHORT
-    if (_SHORT_ROWS if short else _LONG_ROWS)[table].fullmatch(chunk) is None:
-        return False
-    lines.sort()
-    return True
+    return (_SHORT_ROWS if short else _LONG_ROWS)[table].fullmatch(chunk) is not None
 
 
 class NotCovered(Exception):
@@ -97,31 +127,22 @@ class NotCovered(Exception):
 
 
 def domain_texts(
-    domain_rows: list[tuple[str, str]], users: list[str], aliases: list[str], emails_unique: bool = False
+    domain_rows: list[tuple[str, str]], users: Runs, aliases: Runs, emails_unique: bool = False
 ) -> Texts | None:
-    """Domain file texts by domain and the counts, from lines ``users_ok``/``aliases_ok`` accepted.
+    """Domain file texts by domain and the counts, from the lines ``Runs.take`` took.
 
     None when a row needs the row-by-row path: an invalid domain name, a row of a domain id that does
     not exist. The rest is checked per domain as its text is made (``Lazy``), so that the import
     writes one file while the next is made: an address outside its domain, a mailbox address twice
     (not looked for when the database keeps emails unique: ``emails_unique``), an alias twice
-    raise ``NotCovered`` then. Sorts both lists in place (the texts are made from them).
+    raise ``NotCovered`` then.
     """
     names = dict(domain_rows)
     if any(domain_problem(name) for name in names.values()):
         return None
-    users.sort()  # grouped by domain id, then ordered by address within it
-    aliases.sort()
-    runs: dict[str, tuple[str, slice, slice]] = {}
-    seen_users = seen_aliases = 0
-    for ident, name in names.items():
-        user_run, alias_run = _run(users, ident), _run(aliases, ident)
-        runs[name] = (ident, user_run, alias_run)
-        seen_users += user_run.stop - user_run.start
-        seen_aliases += alias_run.stop - alias_run.start
-    if seen_users != len(users) or seen_aliases != len(aliases):
+    if not users.runs.keys() <= names.keys() or not aliases.runs.keys() <= names.keys():
         return None  # rows of a domain id that does not exist
-    return Lazy(users, aliases, runs, emails_unique), (len(names), seen_users, seen_aliases)
+    return Lazy(names, users, aliases, emails_unique), (len(names), users.count, aliases.count)
 
 
 class Lazy(Mapping[str, str]):
@@ -130,35 +151,28 @@ class Lazy(Mapping[str, str]):
     Reading one whose rows the fast path does not cover raises ``NotCovered``.
     """
 
-    def __init__(
-        self, users: list[str], aliases: list[str], runs: dict[str, tuple[str, slice, slice]], emails_unique: bool
-    ) -> None:
-        self._users, self._aliases, self._runs, self._emails_unique = users, aliases, runs, emails_unique
+    def __init__(self, names: dict[str, str], users: Runs, aliases: Runs, emails_unique: bool) -> None:
+        self._idents = {name: ident for ident, name in names.items()}
+        self._users, self._aliases, self._emails_unique = users, aliases, emails_unique
 
     def __getitem__(self, domain: str) -> str:
-        ident, user_run, alias_run = self._runs[domain]
-        users, aliases = "\n".join(self._users[user_run]), "\n".join(self._aliases[alias_run])
-        n_users, n_aliases = user_run.stop - user_run.start, alias_run.stop - alias_run.start
+        ident = self._idents[domain]
+        user_lines, alias_lines = self._users.lines(ident), self._aliases.lines(ident)
+        users, aliases = "\n".join(user_lines), "\n".join(alias_lines)
         if (
-            not _in_domain(users, domain, n_users)
-            or not _in_domain(aliases, domain, n_aliases)
-            or (n_users > 1 and not self._emails_unique and _DUPLICATE.search("\n" + users))
-            or (n_aliases > 1 and _SAME_LINE.search(aliases))
+            not _in_domain(users, domain, len(user_lines))
+            or not _in_domain(aliases, domain, len(alias_lines))
+            or (len(user_lines) > 1 and not self._emails_unique and _DUPLICATE.search("\n" + users))
+            or (len(alias_lines) > 1 and _SAME_LINE.search(aliases))
         ):
             raise NotCovered(domain)
         return _yaml(domain, ident, users, aliases)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._runs)
+        return iter(self._idents)
 
     def __len__(self) -> int:
-        return len(self._runs)
-
-
-def _run(lines: list[str], ident: str) -> slice:
-    """Where the sorted lines of domain ``ident`` are."""
-    lo = bisect_left(lines, ident + "\t")
-    return slice(lo, bisect_left(lines, ident + "\n", lo))  # "\n" sorts right after "\t": the end of the run
+        return len(self._idents)
 
 
 def _in_domain(block: str, domain: str, rows: int) -> bool:

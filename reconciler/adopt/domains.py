@@ -46,10 +46,11 @@ def collect_rows(cfg: AgentConfig, *, fast: bool = True) -> tuple[Mapping[str, s
     """
     client = client_program(cfg)
     if fast and client is not None:
-        lines = read_lines(cfg, client, bulk.users_ok, bulk.aliases_ok)
+        users, aliases = bulk.users(), bulk.aliases()
+        lines = read_lines(cfg, client, users.take, aliases.take)
         texts = None
         if lines is not None:
-            texts = bulk.domain_texts(lines.domains, lines.users, lines.aliases, lines.emails_unique)
+            texts = bulk.domain_texts(lines.domains, users, aliases, lines.emails_unique)
         if texts is not None:
             log.debug("import.rows", path="fast", mailboxes=texts[1][1])
             return texts[0], texts[1], []

@@ -64,9 +64,7 @@ Tables = tuple[list[tuple[str, str]], list[tuple[str, str, str, str]], list[tupl
 class Lines:
     """The mail tables as the client printed them (in-memory, the fast path's input)."""
 
-    domains: list[tuple[str, str]]  # (id, name)
-    users: list[str]  # domain_id<TAB>email<TAB>password
-    aliases: list[str]  # domain_id<TAB>source<TAB>destination
+    domains: list[tuple[str, str]]  # (id, name); the users' and aliases' lines went to the callers' takers
     emails_unique: bool  # the database keeps every email unique (a unique key on it alone)
 
 
@@ -128,12 +126,12 @@ def _stream(conn: Connection, sql: str) -> Iterator[tuple[str, str, str, str]]:
             yield str(ident), str(domain_id), str(a), "NULL" if b is None else str(b)
 
 
-def read_lines(cfg: AgentConfig, client: str, users_ok: LineCheck, aliases_ok: LineCheck) -> Lines | None:
-    """The tables as lines through ``client``, each chunk of users and aliases checked on arrival.
+def read_lines(cfg: AgentConfig, client: str, users: LineTaker, aliases: LineTaker) -> Lines | None:
+    """The tables as lines through ``client``, each chunk of users and aliases handed on arrival.
 
-    None (the client stopped) as soon as a check fails or the output is not as expected (a line
-    count that is not the table's row count included): the caller then reads again row by row. A
-    client that fails is a ``TemporaryError``, as in ``read_tables``.
+    None (the client stopped) as soon as a taker refuses a chunk or the output is not as expected
+    (a line count that is not the table's row count included): the caller then reads again row by
+    row. A client that fails is a ``TemporaryError``, as in ``read_tables``.
     """
     script = (
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION WITH CONSISTENT SNAPSHOT; "
@@ -156,7 +154,7 @@ def read_lines(cfg: AgentConfig, client: str, users_ok: LineCheck, aliases_ok: L
                     raise ReconcilerError("the mariadb client started without its pipes")
                 stdin.write(script.encode())
                 stdin.close()
-                sections = _sections(stdout.fileno(), (users_ok, aliases_ok))
+                sections = _sections(stdout.fileno(), (users, aliases))
                 stdout.close()
             finally:
                 if sections is None:
@@ -171,23 +169,25 @@ def read_lines(cfg: AgentConfig, client: str, users_ok: LineCheck, aliases_ok: L
     domain_fields = [line.split("\t") for line in "".join(sections[0]).split("\n")[:-1]]
     if any(len(f) != 2 for f in domain_fields):
         return None
-    return Lines([(f[0], f[1]) for f in domain_fields], sections[1], sections[2], sections[3] != ["0\n"])
+    return Lines([(f[0], f[1]) for f in domain_fields], sections[3] != ["0\n"])
 
 
-# Checks a chunk of whole lines of one table (each ending with a newline), given as text and split
-# (without the newlines): can the fast path take it.
-LineCheck = Callable[[str, list[str]], bool]
+# Takes a chunk of whole lines of one table (each ending with a newline), given as text and split
+# (without the newlines): False when the fast path cannot, else it keeps them.
+LineTaker = Callable[[str, list[str]], bool]
 
 
-def _sections(fd: int, checks: tuple[LineCheck, LineCheck]) -> list[list[str]] | None:
-    """The client's output split at the marks: the domains' text, the users' and aliases' lines, the rest.
+def _sections(fd: int, takers: tuple[LineTaker, LineTaker]) -> list[list[str]] | None:
+    """The client's output split at the marks: the domains' text, [], [] (the lines went to ``takers``), the rest.
 
-    None when a table's line count is not the row count its mark gives (a value held a newline).
+    None when a taker refuses, or a table's line count is not the row count its mark gives (a value
+    held a newline).
     """
     with contextlib.suppress(OSError):  # a larger pipe: the client keeps sending while a chunk is checked
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _CHUNK)
-    sections: list[list[str]] = [[]]  # the domains' text, users' lines, aliases' lines, the unique count
-    counts: list[int] = []
+    sections: list[list[str]] = [[]]  # the domains' text, [], [], the unique count
+    counts: list[int] = []  # the row counts the marks give
+    taken = [0, 0]  # lines handed to each taker
     carry = b""
     while True:
         chunk = os.read(fd, _CHUNK)
@@ -209,13 +209,13 @@ def _sections(fd: int, checks: tuple[LineCheck, LineCheck]) -> list[list[str]] |
                 sections[-1].append(piece)
                 continue
             lines = piece.split("\n")
-            lines.pop()  # after the last newline: empty (the checks want whole lines)
-            if not checks[table - 1](piece, lines):
+            lines.pop()  # after the last newline: empty (the takers want whole lines)
+            taken[table - 1] += len(lines)
+            if not takers[table - 1](piece, lines):
                 return None
-            sections[-1] += lines
         if not chunk:
             break
-    if len(sections) != 4 or counts[1:] != [len(sections[1]), len(sections[2])]:
+    if len(sections) != 4 or counts[1:] != taken:
         return None
     if "".join(sections[0]).count("\n") != counts[0]:
         return None
