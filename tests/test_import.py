@@ -11,7 +11,6 @@ and writes nothing. example-repo (plus 10k generated mailboxes) applied and impo
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import os
 import shutil
@@ -345,28 +344,6 @@ def test_built_table_only_is_recovered(guide_host: GuideHost) -> None:
     assert host.cli("diff", config=host.config_for(out)).returncode == 0
 
 
-class _Lines:
-    """A ``rows.LineSink`` that keeps everything it is handed (for the reader's tests)."""
-
-    def __init__(self) -> None:
-        self.domains: list[tuple[str, str]] = []
-        self.user_counts: dict[str, int] = {}
-        self.user_lines: list[str] = []
-        self.alias_lines: list[str] = []
-
-    def head(self, emails_unique: bool, domains: list[tuple[str, str]], user_counts: dict[str, int]) -> bool:
-        self.domains, self.user_counts = domains, user_counts
-        return True
-
-    def aliases(self, chunk: str, lines: list[str]) -> bool:
-        self.alias_lines += lines
-        return True
-
-    def users(self, chunk: str, lines: list[str]) -> bool:
-        self.user_lines += lines
-        return True
-
-
 def test_client_and_pymysql_readers_agree(guide_host: GuideHost) -> None:
     """The mariadb-client readers and the PyMySQL reader return the same rows, tabs, newlines and backslashes included."""
     from reconciler.adopt import bulk
@@ -377,13 +354,16 @@ def test_client_and_pymysql_readers_agree(guide_host: GuideHost) -> None:
     cfg = load_config(host.config)
     client = shutil.which("mariadb") or "mariadb"
     domains, users, aliases = read_tables_client(cfg, client)
-    assert not read_lines(cfg, client, bulk.Collector(lambda _name, _text: None))  # o'brien is quoted: row by row
-    seen = _Lines()
-    assert read_lines(cfg, client, seen)
-    assert seen.domains == domains
-    assert sorted(seen.user_lines) == sorted(f"{d}\t{e}\t{p}" for _, d, e, p in users)
-    assert sorted(seen.alias_lines) == sorted(f"{d}\t{s}\t{t}" for _, d, s, t in aliases)
-    assert seen.user_counts == dict(collections.Counter(d for _, d, _, _ in users))
+    assert read_lines(cfg, client, bulk.users().take, bulk.aliases().take) is None  # o'brien is quoted: row by row
+    got_users: list[str] = []
+    got_aliases: list[str] = []
+    lines = read_lines(
+        cfg, client, lambda _c, lines: not got_users.extend(lines), lambda _c, lines: not got_aliases.extend(lines)
+    )
+    assert lines is not None
+    assert lines.domains == domains
+    assert sorted(got_users) == sorted(f"{d}\t{e}\t{p}" for _, d, e, p in users)
+    assert sorted(got_aliases) == sorted(f"{d}\t{s}\t{t}" for _, d, s, t in aliases)
     host.sql(
         "INSERT INTO virtual_aliases (domain_id, source, destination) VALUES "
         "(3, 'odd@example.net', 'a\\tb\\\\c\\nd@example.org'), (3, 'NULL@example.net', 'NULL');\n"
@@ -493,21 +473,18 @@ def _both_paths(domains: list[tuple[str, str]], users: list[tuple[str, str, str]
     aliases_text = "".join(f"{d}\t{s}\t{t}\n" for d, s, t in aliases)
     user_lines, alias_lines = users_text.split("\n")[:-1], aliases_text.split("\n")[:-1]
     fast = None
-    given: dict[str, str] = {}
-    collector = bulk.Collector(given.__setitem__)
-    counts = dict(collections.Counter(line.partition("\t")[0] for line in user_lines))
+    user_runs, alias_runs = bulk.users(), bulk.aliases()
     half = len(user_lines) // 2  # in two chunks, as the client's output comes
-    try:  # each text is checked as it is made: one the fast path does not cover ends it
-        if (
-            collector.head(False, domains, counts)
-            and collector.aliases(aliases_text, alias_lines)
-            and collector.users("".join(f"{line}\n" for line in user_lines[:half]), user_lines[:half])
-            and collector.users("".join(f"{line}\n" for line in user_lines[half:]), user_lines[half:])
-        ):
-            rest = collector.texts()
-            fast = None if rest is None else ({**given, **dict(rest[0].items())}, rest[1])
-    except bulk.NotCovered:
-        fast = None
+    if (
+        user_runs.take("".join(f"{line}\n" for line in user_lines[:half]), user_lines[:half])
+        and user_runs.take("".join(f"{line}\n" for line in user_lines[half:]), user_lines[half:])
+        and alias_runs.take(aliases_text, alias_lines)
+    ):
+        lazy = bulk.domain_texts(domains, user_runs, alias_runs)
+        try:  # each text is checked as it is made: one the fast path does not cover ends it
+            fast = None if lazy is None else (dict(lazy[0].items()), lazy[1])
+        except bulk.NotCovered:
+            fast = None
     slow = texts_from_rows(
         domains,
         [(str(n), d, e, p) for n, (d, e, p) in enumerate(users, 1)],
@@ -598,7 +575,7 @@ def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
     host = guide_host
     host.sql("DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n")
     cfg = load_config(host.config)
-    assert read_lines(cfg, shutil.which("mariadb") or "mariadb", bulk.Collector(lambda _name, _text: None))
+    assert read_lines(cfg, shutil.which("mariadb") or "mariadb", bulk.users().take, bulk.aliases().take) is not None
     texts, counts, problems = collect_rows(cfg)
     assert problems == [] and counts[1] >= 2
     assert (dict(texts), counts, problems) == texts_from_rows(*read_tables(cfg))
@@ -634,13 +611,13 @@ def test_fast_path_counts_the_rows_a_raw_newline_cannot_add(guide_host: GuideHos
     host.sql("DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n")
     cfg = load_config(host.config)
     client = shutil.which("mariadb") or "mariadb"
-    assert read_lines(cfg, client, bulk.Collector(lambda _name, _text: None))
+    assert read_lines(cfg, client, bulk.users().take, bulk.aliases().take) is not None
     host.sql(  # the password: {X}ab, a newline, then a line that looks like a good row
         "INSERT INTO virtual_users (domain_id, email, password) SELECT id, 'real@example.com', "
         "CONCAT('{X}ab', CHAR(10), '1', CHAR(9), 'forged@example.com', CHAR(9), '{SHA512-CRYPT}$6$x$', "
         "REPEAT('a', 86)) FROM virtual_domains WHERE name = 'example.com';\n"
     )
-    assert not read_lines(cfg, client, bulk.Collector(lambda _name, _text: None))
+    assert read_lines(cfg, client, bulk.users().take, bulk.aliases().take) is None
     res = host.cli("import", "--out", str(host.base / "imported"))
     assert res.returncode == 1 and "real@example.com: the password is not a hash" in res.stdout, res.stdout
     assert "forged" not in res.stdout and not (host.base / "imported").exists()

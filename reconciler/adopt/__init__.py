@@ -113,17 +113,13 @@ def _write(cfg: AgentConfig, out: Path, found: Findings, secrets: Secrets, *, fa
             for f in found.files.values():
                 git.write(f.repo_path, f.data)
             git.wait()
-
-            def ready(name: str, text: str) -> None:  # a domain's rows are in: its file, while the rest come
-                git.write(f"domains/{name}.yaml", text.encode())
-
             # The staged files are checked as a revision would be (Postfix's tools, mostly waiting on
             # them) while the rows are read: the two take no time from each other.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-validate") as pool:
                 checked = pool.submit(
                     validate_snapshot, open_snapshot(tmp), str(config_dir), None, cfg.postfix.outside_paths
                 )
-                domains, counts, row_problems = collect_rows(cfg, fast=fast, ready=ready)
+                domains, counts, row_problems = collect_rows(cfg, fast=fast)
                 validated = checked.result()
             if found.problems or row_problems:
                 raise CannotImport(found.problems + row_problems)  # the checks' findings would repeat them

@@ -16,12 +16,11 @@ byte (tests/test_import.py compares both on the same rows). Anything else, a pro
 gives False, None or ``NotCovered`` and the caller takes the row-by-row path, which says what is
 wrong with which row.
 """
-
 from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from itertools import chain
 
 from reconciler import models
@@ -70,37 +69,33 @@ _NEXT_ALIAS, _DESTINATION_KEY = "\n  - source: ", "\n    destination: "
 class Runs:
     """One table's lines the fast path took (in-memory, during an import): sorted runs by domain id.
 
-    ``take`` is handed each chunk of the client's output while the next one arrives: it checks the
-    chunk, sorts it and files its lines by domain id, so that each domain's lines are a few sorted
-    runs to merge when its text is made.
+    ``take`` is handed each chunk of the client's output while the next one arrives
+    (``reconciler.adopt.rows.read_lines``); it checks the chunk, sorts it and files its lines by
+    domain id, so that once the client is done each domain's lines are a few sorted runs to merge.
     """
 
     def __init__(self, table: int) -> None:
         self.table = table  # 0: users (domain_id, email, password), 1: aliases (domain_id, source, destination)
         self.runs: dict[str, list[list[str]]] = {}
-        self.counts: dict[str, int] = {}  # lines taken by domain id
         self.count = 0
 
-    def take(self, chunk: str, lines: list[str]) -> list[str] | None:
-        """The domain ids in ``chunk`` (whole lines, and split) if each line is a row the fast path covers."""
+    def take(self, chunk: str, lines: list[str]) -> bool:
+        """Whether every line of ``chunk`` (whole lines, and split) is a row the fast path covers; if so, keep them."""
         if not _chunk_ok(chunk, lines, self.table):
-            return None
+            return False
         lines.sort()
-        idents: list[str] = []
         start, end = 0, len(lines)
         while start < end:
             ident = lines[start].partition("\t")[0]
             stop = bisect_left(lines, ident + "\n", start)  # "\n" sorts right after "\t": the end of the run
             self.runs.setdefault(ident, []).append(lines[start:stop])
-            self.counts[ident] = self.counts.get(ident, 0) + stop - start
-            idents.append(ident)
             start = stop
         self.count += end
-        return idents
+        return True
 
-    def pop(self, ident: str) -> list[str]:
-        """The lines of domain ``ident``, sorted (its runs merged), given up by this object."""
-        runs = self.runs.pop(ident, [])
+    def lines(self, ident: str) -> list[str]:
+        """The lines of domain ``ident``, sorted (its runs merged)."""
+        runs = self.runs.get(ident, [])
         if len(runs) == 1:
             return runs[0]
         merged = list(chain.from_iterable(runs))
@@ -108,70 +103,14 @@ class Runs:
         return merged
 
 
-class Collector:
-    """The fast path's side of the client's output (in-memory, during an import; ``rows.LineSink``).
+def users() -> Runs:
+    """An empty ``Runs`` for virtual_users' lines."""
+    return Runs(0)
 
-    Gets the small sections first (``head``), then the aliases' chunks, then the mailboxes' chunks
-    (``users``); each domain's text is made and handed to ``ready`` as soon as its last mailbox has
-    arrived, so that it is written while the rest are still coming. ``texts`` then gives the others.
-    Making a text can raise ``NotCovered`` (an address outside its domain, a mailbox or alias twice).
-    """
 
-    def __init__(self, ready: Callable[[str, str], None]) -> None:
-        self.ready = ready
-        self.names: dict[str, str] = {}  # domain name by id
-        self.expected: dict[str, int] = {}  # mailboxes by domain id
-        self.emails_unique = False
-        self.users_taken, self.aliases_taken = Runs(0), Runs(1)
-        self.given: set[str] = set()  # domain ids whose text went to ``ready``
-
-    def head(self, emails_unique: bool, domains: list[tuple[str, str]], user_counts: dict[str, int]) -> bool:
-        """The small sections (``rows.LineSink.head``): False for a bad domain name or mailboxes of no domain."""
-        self.names, self.emails_unique, self.expected = dict(domains), emails_unique, user_counts
-        return not any(domain_problem(n) for n in self.names.values()) and user_counts.keys() <= self.names.keys()
-
-    def aliases(self, chunk: str, lines: list[str]) -> bool:
-        """A chunk of alias lines (``rows.LineSink.aliases``)."""
-        return self.aliases_taken.take(chunk, lines) is not None and self.aliases_taken.runs.keys() <= self.names.keys()
-
-    def users(self, chunk: str, lines: list[str]) -> bool:
-        """A chunk of mailbox lines (``rows.LineSink.users``); the domains it completes go to ``ready``."""
-        idents = self.users_taken.take(chunk, lines)
-        if idents is None:
-            return False
-        for ident in idents:
-            taken, expected = self.users_taken.counts[ident], self.expected.get(ident, 0)
-            if taken > expected:
-                return False  # a line no row gave (a value with a newline): the counts say so
-            if taken == expected:
-                self.given.add(ident)
-                self.ready(self.names[ident], self.text(ident))
-        return True
-
-    def text(self, ident: str) -> str:
-        """Domain ``ident``'s file text from its lines (given up); ``NotCovered`` for rows the fast path leaves."""
-        domain = self.names[ident]
-        user_lines, alias_lines = self.users_taken.pop(ident), self.aliases_taken.pop(ident)
-        users, aliases = "\n".join(user_lines), "\n".join(alias_lines)
-        if (
-            not _in_domain(users, domain, len(user_lines))
-            or not _in_domain(aliases, domain, len(alias_lines))
-            or (len(user_lines) > 1 and not self.emails_unique and _DUPLICATE.search("\n" + users))
-            or (len(alias_lines) > 1 and _SAME_LINE.search(aliases))
-        ):
-            raise NotCovered(domain)
-        return _yaml(domain, ident, users, aliases)
-
-    def texts(self) -> Texts | None:
-        """The texts not handed to ``ready`` (each made when read) and the counts, once every line is taken.
-
-        None when the mailboxes taken are not those the counts announced.
-        """
-        if self.users_taken.counts != self.expected:
-            return None
-        rest = {ident: name for ident, name in self.names.items() if ident not in self.given}
-        counts = (len(self.names), self.users_taken.count, self.aliases_taken.count)
-        return Lazy(rest, self), counts
+def aliases() -> Runs:
+    """An empty ``Runs`` for virtual_aliases' lines."""
+    return Runs(1)
 
 
 def _chunk_ok(chunk: str, lines: list[str], table: int) -> bool:
@@ -184,18 +123,50 @@ def _chunk_ok(chunk: str, lines: list[str], table: int) -> bool:
 
 
 class NotCovered(Exception):
-    """A domain's rows need the row-by-row path, found when its text was made (``Collector.text``)."""
+    """A domain's rows need the row-by-row path, found when its text was made (``Lazy``)."""
+
+
+def domain_texts(
+    domain_rows: list[tuple[str, str]], users: Runs, aliases: Runs, emails_unique: bool = False
+) -> Texts | None:
+    """Domain file texts by domain and the counts, from the lines ``Runs.take`` took.
+
+    None when a row needs the row-by-row path: an invalid domain name, a row of a domain id that does
+    not exist. The rest is checked per domain as its text is made (``Lazy``), so that the import
+    writes one file while the next is made: an address outside its domain, a mailbox address twice
+    (not looked for when the database keeps emails unique: ``emails_unique``), an alias twice
+    raise ``NotCovered`` then.
+    """
+    names = dict(domain_rows)
+    if any(domain_problem(name) for name in names.values()):
+        return None
+    if not users.runs.keys() <= names.keys() or not aliases.runs.keys() <= names.keys():
+        return None  # rows of a domain id that does not exist
+    return Lazy(names, users, aliases, emails_unique), (len(names), users.count, aliases.count)
 
 
 class Lazy(Mapping[str, str]):
-    """Domain file texts by domain (in-memory, during an import), each made when read (once: its lines are given up)."""
+    """Domain file texts by domain (in-memory, during an import), each made and checked when read.
 
-    def __init__(self, names: dict[str, str], collector: Collector) -> None:
+    Reading one whose rows the fast path does not cover raises ``NotCovered``.
+    """
+
+    def __init__(self, names: dict[str, str], users: Runs, aliases: Runs, emails_unique: bool) -> None:
         self._idents = {name: ident for ident, name in names.items()}
-        self._collector = collector
+        self._users, self._aliases, self._emails_unique = users, aliases, emails_unique
 
     def __getitem__(self, domain: str) -> str:
-        return self._collector.text(self._idents[domain])
+        ident = self._idents[domain]
+        user_lines, alias_lines = self._users.lines(ident), self._aliases.lines(ident)
+        users, aliases = "\n".join(user_lines), "\n".join(alias_lines)
+        if (
+            not _in_domain(users, domain, len(user_lines))
+            or not _in_domain(aliases, domain, len(alias_lines))
+            or (len(user_lines) > 1 and not self._emails_unique and _DUPLICATE.search("\n" + users))
+            or (len(alias_lines) > 1 and _SAME_LINE.search(aliases))
+        ):
+            raise NotCovered(domain)
+        return _yaml(domain, ident, users, aliases)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._idents)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import structlog
 
@@ -36,28 +36,24 @@ _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*@[A-Za-z0-9.-]+\Z")
 Counts = tuple[int, int, int]
 
 
-def collect_rows(
-    cfg: AgentConfig, *, fast: bool = True, ready: Callable[[str, str], None] | None = None
-) -> tuple[Mapping[str, str], Counts, list[Problem]]:
+def collect_rows(cfg: AgentConfig, *, fast: bool = True) -> tuple[Mapping[str, str], Counts, list[Problem]]:
     """Domain file texts by domain, (domains, mailboxes, aliases) and the rows that cannot be represented.
 
     Through the fast path (``reconciler.adopt.bulk``) when ``fast``, the client is there and every
     row is one it covers; else, or when it gives up, row by row: the same texts, and the problems
-    named. The fast path hands a domain's text to ``ready`` (name, text) as soon as its rows are in,
-    while the rest are read, and returns the others; without ``ready`` it returns them all. A text it
-    cannot make, or giving up after it handed one to ``ready``, raises ``bulk.NotCovered``: the caller
-    then starts again with ``fast=False``.
+    named. The fast path's texts are checked as each is read: one that needs the row-by-row path
+    raises ``bulk.NotCovered`` then, and the caller asks again with ``fast=False``.
     """
     client = client_program(cfg)
     if fast and client is not None:
-        given: dict[str, str] = {}
-        collector = bulk.Collector(ready or given.__setitem__)
-        texts = collector.texts() if read_lines(cfg, client, collector) else None
+        users, aliases = bulk.users(), bulk.aliases()
+        lines = read_lines(cfg, client, users.take, aliases.take)
+        texts = None
+        if lines is not None:
+            texts = bulk.domain_texts(lines.domains, users, aliases, lines.emails_unique)
         if texts is not None:
             log.debug("import.rows", path="fast", mailboxes=texts[1][1])
-            return ({**given, **texts[0]} if ready is None else texts[0]), texts[1], []
-        if collector.given and ready is not None:
-            raise bulk.NotCovered("the fast path gave up after writing")
+            return texts[0], texts[1], []
     log.debug("import.rows", path="row by row")
     return texts_from_rows(*read_tables(cfg))
 

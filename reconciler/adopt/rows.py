@@ -16,9 +16,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import pymysql.cursors
 
@@ -36,9 +36,6 @@ _ALIASES_SQL = "SELECT id, domain_id, source, destination FROM virtual_aliases"
 # (FOUND_ROWS() after each table) catch.
 # The tab is CHAR(9 ...), not '\t': the server may run with NO_BACKSLASH_ESCAPES.
 _DOMAIN_LINES_SQL = "SELECT CONCAT(id, CHAR(9 USING utf8mb4), name) FROM virtual_domains"
-# How many mailboxes each domain has (the domain_id index, about a fifth of reading the rows): a
-# domain whose last mailbox has arrived can be written while the rest are still coming.
-_USER_COUNTS_SQL = "SELECT CONCAT(domain_id, CHAR(9 USING utf8mb4), COUNT(*)) FROM virtual_users GROUP BY domain_id"
 _USER_LINES_SQL = (
     "SELECT CONCAT(domain_id, CHAR(9 USING utf8mb4), email, CHAR(9 USING utf8mb4), password) FROM virtual_users"
 )
@@ -53,12 +50,8 @@ _UNIQUE_EMAIL_SQL = (
     "GROUP BY INDEX_NAME HAVING COUNT(*) = 1 AND MAX(COLUMN_NAME) = 'email' AND MAX(SUB_PART) IS NULL) AS u"
 )
 _MARK = "--reconciler-import-next-table--"
-# The mark after each section, with the row count of the section just sent.
+# The mark after each table, with the row count of the table just sent.
 _MARK_SQL = "SELECT CONCAT('--reconciler-import-next-table--', CHAR(9 USING utf8mb4), FOUND_ROWS())"
-# The sections in the order sent: three small ones read whole, then the aliases, then the users (so
-# that a domain is complete with its last mailbox).
-_SECTIONS = (_UNIQUE_EMAIL_SQL, _DOMAIN_LINES_SQL, _USER_COUNTS_SQL, _ALIAS_LINES_SQL, _USER_LINES_SQL)
-_HEAD, _ALIASES, _USERS = 3, 3, 4  # sections before the lines; the aliases' and users' section numbers
 _CHUNK = 1 << 20
 _UNESCAPE = {"t": "\t", "n": "\n", "0": "\0", "\\": "\\", "r": "\r", "b": "\b", "Z": "\x1a"}
 _ESCAPED = re.compile(r"\\(.)")
@@ -67,23 +60,12 @@ _ESCAPED = re.compile(r"\\(.)")
 Tables = tuple[list[tuple[str, str]], list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]
 
 
-class LineSink(Protocol):
-    """What the fast path's reader hands the client's output to (``reconciler.adopt.bulk.Collector``)."""
+@dataclass
+class Lines:
+    """The mail tables as the client printed them (in-memory, the fast path's input)."""
 
-    def head(self, emails_unique: bool, domains: list[tuple[str, str]], user_counts: dict[str, int]) -> bool:
-        """The small sections: whether emails are kept unique, (id, name) of the domains, mailboxes by domain id.
-
-        False when the fast path cannot take them.
-        """
-
-    def aliases(self, chunk: str, lines: list[str]) -> bool:
-        """A chunk of whole alias lines (each ending with a newline), as text and split.
-
-        False when the fast path cannot take it.
-        """
-
-    def users(self, chunk: str, lines: list[str]) -> bool:
-        """A chunk of whole mailbox lines, as ``aliases``."""
+    domains: list[tuple[str, str]]  # (id, name); the users' and aliases' lines went to the callers' takers
+    emails_unique: bool  # the database keeps every email unique (a unique key on it alone)
 
 
 def client_program(cfg: AgentConfig) -> str | None:
@@ -144,17 +126,17 @@ def _stream(conn: Connection, sql: str) -> Iterator[tuple[str, str, str, str]]:
             yield str(ident), str(domain_id), str(a), "NULL" if b is None else str(b)
 
 
-def read_lines(cfg: AgentConfig, client: str, sink: LineSink) -> bool:
-    """The tables as lines through ``client``, handed to ``sink`` as they arrive (each chunk of aliases and users).
+def read_lines(cfg: AgentConfig, client: str, users: LineTaker, aliases: LineTaker) -> Lines | None:
+    """The tables as lines through ``client``, each chunk of users and aliases handed on arrival.
 
-    False (the client stopped) as soon as the sink refuses something or the output is not as
-    expected (a line count that is not the section's row count included): the caller then reads
-    again row by row. A client that fails is a ``TemporaryError``, as in ``read_tables``.
+    None (the client stopped) as soon as a taker refuses a chunk or the output is not as expected
+    (a line count that is not the table's row count included): the caller then reads again row by
+    row. A client that fails is a ``TemporaryError``, as in ``read_tables``.
     """
-    script = "".join(f"{sql}; {_MARK_SQL}; " for sql in _SECTIONS)
     script = (
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION WITH CONSISTENT SNAPSHOT; "
-        f"{script}COMMIT;"
+        f"{_DOMAIN_LINES_SQL}; {_MARK_SQL}; {_USER_LINES_SQL}; {_MARK_SQL}; {_ALIAS_LINES_SQL}; {_MARK_SQL}; "
+        f"{_UNIQUE_EMAIL_SQL}; COMMIT;"
     )
     with tempfile.TemporaryDirectory(prefix="reconciler-import-") as tmp:
         argv = [client, f"--defaults-file={_defaults_file(cfg, Path(tmp))}", "--batch", "--skip-column-names"]
@@ -165,37 +147,47 @@ def read_lines(cfg: AgentConfig, client: str, sink: LineSink) -> bool:
                 stdout=subprocess.PIPE,
                 stderr=err,
             )
-            taken = False
+            sections: list[list[str]] | None = None
             try:
                 stdin, stdout = proc.stdin, proc.stdout
                 if stdin is None or stdout is None:  # cannot happen: both are pipes
                     raise ReconcilerError("the mariadb client started without its pipes")
                 stdin.write(script.encode())
                 stdin.close()
-                taken = _sections(stdout.fileno(), sink)
+                sections = _sections(stdout.fileno(), (users, aliases))
                 stdout.close()
             finally:
-                if not taken:
+                if sections is None:
                     proc.kill()
                 proc.wait()
             err.seek(0)
             detail = err.read().decode("utf-8", "replace").strip()
-    if taken and proc.returncode != 0:
+    if sections is None:
+        return None
+    if proc.returncode != 0:
         raise _client_failed(cfg, detail)
-    return taken
+    domain_fields = [line.split("\t") for line in "".join(sections[0]).split("\n")[:-1]]
+    if any(len(f) != 2 for f in domain_fields):
+        return None
+    return Lines([(f[0], f[1]) for f in domain_fields], sections[3] != ["0\n"])
 
 
-def _sections(fd: int, sink: LineSink) -> bool:
-    """Split the client's output at the marks and hand it to ``sink``: the small sections whole, then the lines.
+# Takes a chunk of whole lines of one table (each ending with a newline), given as text and split
+# (without the newlines): False when the fast path cannot, else it keeps them.
+LineTaker = Callable[[str, list[str]], bool]
 
-    False when the sink refuses, or a section's line count is not the row count its mark gives (a
-    value held a newline).
+
+def _sections(fd: int, takers: tuple[LineTaker, LineTaker]) -> list[list[str]] | None:
+    """The client's output split at the marks: the domains' text, [], [] (the lines went to ``takers``), the rest.
+
+    None when a taker refuses, or a table's line count is not the row count its mark gives (a value
+    held a newline).
     """
-    with contextlib.suppress(OSError):  # a larger pipe: the client keeps sending while a chunk is taken
+    with contextlib.suppress(OSError):  # a larger pipe: the client keeps sending while a chunk is checked
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _CHUNK)
-    head: list[str] = []  # the small sections' text, section after section
+    sections: list[list[str]] = [[]]  # the domains' text, [], [], the unique count
     counts: list[int] = []  # the row counts the marks give
-    lines_in = [0] * len(_SECTIONS)  # lines seen in each section
+    taken = [0, 0]  # lines handed to each taker
     carry = b""
     while True:
         chunk = os.read(fd, _CHUNK)
@@ -208,39 +200,26 @@ def _sections(fd: int, sink: LineSink) -> bool:
         for i, piece in enumerate(text.split(f"{_MARK}\t")):
             if i:
                 count, newline, piece = piece.partition("\n")
-                if not newline or not count.isdigit() or len(counts) == len(_SECTIONS):
-                    return False
+                if not newline or not count.isdigit() or len(sections) == 4:
+                    return None
                 counts.append(int(count))
-                if len(counts) == _HEAD and not _head(head, counts, sink):
-                    return False
-            section = len(counts)
-            if section < _HEAD:
-                head.append(piece)
-                lines_in[section] += piece.count("\n")
-                continue
-            if section == len(_SECTIONS):
-                if piece:
-                    return False  # nothing comes after the last mark
+                sections.append([])
+            table = len(sections) - 1
+            if table not in (1, 2):
+                sections[-1].append(piece)
                 continue
             lines = piece.split("\n")
-            lines.pop()  # after the last newline: empty (the sink wants whole lines)
-            lines_in[section] += len(lines)
-            if not (sink.aliases if section == _ALIASES else sink.users)(piece, lines):
-                return False
+            lines.pop()  # after the last newline: empty (the takers want whole lines)
+            taken[table - 1] += len(lines)
+            if not takers[table - 1](piece, lines):
+                return None
         if not chunk:
             break
-    return counts == lines_in
-
-
-def _head(head: list[str], counts: list[int], sink: LineSink) -> bool:
-    """The three small sections, parsed and handed to ``sink``; False when they are not as expected."""
-    rows = [line.split("\t") for line in "".join(head).split("\n")[:-1]]
-    unique, domains, user_counts = rows[:1], rows[1 : 1 + counts[1]], rows[1 + counts[1] :]
-    if len(rows) != sum(counts) or len(unique) != 1 or any(len(r) != 2 for r in domains + user_counts):
-        return False  # a name with a tab or a newline, say
-    if not all(r[1].isdigit() for r in user_counts):
-        return False
-    return sink.head(unique[0] != ["0"], [(r[0], r[1]) for r in domains], {r[0]: int(r[1]) for r in user_counts})
+    if len(sections) != 4 or counts[1:] != taken:
+        return None
+    if "".join(sections[0]).count("\n") != counts[0]:
+        return None
+    return sections
 
 
 def _client_failed(cfg: AgentConfig, detail: str) -> TemporaryError:
