@@ -16,6 +16,7 @@ byte (tests/test_import.py compares both on the same rows). Anything else, a pro
 gives False, None or ``NotCovered`` and the caller takes the row-by-row path, which says what is
 wrong with which row.
 """
+
 from __future__ import annotations
 
 import re

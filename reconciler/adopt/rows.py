@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import queue
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,17 +150,19 @@ def read_lines(cfg: AgentConfig, client: str, users: LineTaker, aliases: LineTak
                 stderr=err,
             )
             sections: list[list[str]] | None = None
+            stdin, stdout = proc.stdin, proc.stdout
+            if stdin is None or stdout is None:  # cannot happen: both are pipes
+                raise ReconcilerError("the mariadb client started without its pipes")
+            arrived, drainer = _drain(stdout.fileno())
             try:
-                stdin, stdout = proc.stdin, proc.stdout
-                if stdin is None or stdout is None:  # cannot happen: both are pipes
-                    raise ReconcilerError("the mariadb client started without its pipes")
                 stdin.write(script.encode())
                 stdin.close()
-                sections = _sections(stdout.fileno(), (users, aliases))
-                stdout.close()
+                sections = _sections(arrived, (users, aliases))
             finally:
                 if sections is None:
-                    proc.kill()
+                    proc.kill()  # the drainer then reads the end
+                drainer.join()
+                stdout.close()
                 proc.wait()
             err.seek(0)
             detail = err.read().decode("utf-8", "replace").strip()
@@ -177,20 +181,18 @@ def read_lines(cfg: AgentConfig, client: str, users: LineTaker, aliases: LineTak
 LineTaker = Callable[[str, list[str]], bool]
 
 
-def _sections(fd: int, takers: tuple[LineTaker, LineTaker]) -> list[list[str]] | None:
+def _sections(arrived: queue.SimpleQueue[bytes], takers: tuple[LineTaker, LineTaker]) -> list[list[str]] | None:
     """The client's output split at the marks: the domains' text, [], [] (the lines went to ``takers``), the rest.
 
     None when a taker refuses, or a table's line count is not the row count its mark gives (a value
     held a newline).
     """
-    with contextlib.suppress(OSError):  # a larger pipe: the client keeps sending while a chunk is checked
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _CHUNK)
     sections: list[list[str]] = [[]]  # the domains' text, [], [], the unique count
     counts: list[int] = []  # the row counts the marks give
     taken = [0, 0]  # lines handed to each taker
     carry = b""
     while True:
-        chunk = os.read(fd, _CHUNK)
+        chunk = arrived.get()
         end = chunk.rfind(b"\n") + 1 if chunk else len(carry) + len(chunk)
         if chunk and not end:
             carry += chunk
@@ -220,6 +222,30 @@ def _sections(fd: int, takers: tuple[LineTaker, LineTaker]) -> list[list[str]] |
     if "".join(sections[0]).count("\n") != counts[0]:
         return None
     return sections
+
+
+def _drain(fd: int) -> tuple[queue.SimpleQueue[bytes], threading.Thread]:
+    """The chunks read from ``fd`` by a thread as they come, then b"" (the end, or a read error); the thread.
+
+    The client never waits for a chunk to be checked (a pipe holds 1 MiB at most): the server and
+    the client keep the other core busy meanwhile. The caller joins the thread before closing ``fd``.
+    """
+    with contextlib.suppress(OSError):  # fewer, larger reads
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _CHUNK)
+    arrived: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+
+    def drain() -> None:
+        chunk = b"-"
+        while chunk:
+            try:
+                chunk = os.read(fd, _CHUNK)
+            except OSError:
+                chunk = b""
+            arrived.put(chunk)
+
+    drainer = threading.Thread(target=drain, name="import-read", daemon=True)
+    drainer.start()
+    return arrived, drainer
 
 
 def _client_failed(cfg: AgentConfig, detail: str) -> TemporaryError:
