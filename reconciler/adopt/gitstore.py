@@ -86,9 +86,9 @@ class NewRepository:
             else:
                 pending.append(f)
         self._pending = pending
-        for job in (self._write_file, self._write_object):
+        for pool, job in ((self._files, self._write_file), (self._packer, self._write_object)):
             self._slots.acquire()
-            self._pending.append((self._files if job == self._write_file else self._packer).submit(job, rel, data))
+            self._pending.append(pool.submit(job, rel, data))
 
     def _write_file(self, rel: str, data: bytes) -> None:
         try:
