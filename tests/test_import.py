@@ -621,3 +621,33 @@ def test_fast_path_counts_the_rows_a_raw_newline_cannot_add(guide_host: GuideHos
     res = host.cli("import", "--out", str(host.base / "imported"))
     assert res.returncode == 1 and "real@example.com: the password is not a hash" in res.stdout, res.stdout
     assert "forged" not in res.stdout and not (host.base / "imported").exists()
+
+
+def test_sections_split_at_any_chunk_boundary() -> None:
+    """The client's output cut into chunks anywhere (a mark ending one, the last line alone): the same sections."""
+    import queue
+
+    from reconciler.adopt import rows
+
+    mark = "--reconciler-import-next-table--"
+    lines = [
+        "1\ta.example\n",
+        f"{mark}\t1\n",
+        "1\tu@a.example\t{X}h\n",
+        f"{mark}\t1\n",
+        "1\tv@a.example\tu@a.example\n",
+        f"{mark}\t1\n",
+        "0\n",  # no unique key on email
+    ]
+    for cut in range(len(lines) + 1):
+        arrived: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        for part in ("".join(lines[:cut]), "".join(lines[cut:]), ""):
+            if part or not arrived.empty():
+                arrived.put(part.encode())
+        taken: list[list[str]] = [[], []]
+        sections = rows._sections(
+            arrived, (lambda _c, got, t=taken: not t[0].extend(got), lambda _c, got, t=taken: not t[1].extend(got))
+        )
+        assert sections is not None, cut
+        assert "".join(sections[0]) == "1\ta.example\n" and rows._count(sections[3]) == 0, (cut, sections)
+        assert taken == [["1\tu@a.example\t{X}h"], ["1\tv@a.example\tu@a.example"]], cut

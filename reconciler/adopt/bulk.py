@@ -39,7 +39,8 @@ _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN = rf"(?:{_LABEL}\.)+{_LABEL}"  # models.domain_problem's rule, lower case
 # Every password models.password_ok accepts (its expression, embedded), but that a {SCHEME} hash's
 # body is any text up to the newline: that it is visible ASCII is checked for the whole chunk at
-# once (``_VISIBLE``, and the tab count), which costs a fifth of checking it character by character.
+# once (``_VISIBLE``, and the tab count), a fraction of the cost of checking it character by
+# character in the expression.
 _ANY_HASH, _ANY_HASH_HERE = r"\}[!-~]+|", r"\}[^\n]++|"  # tests/test_import.py: the replace happens
 _PASSWORD = "(?:" + models.PASSWORD_OK_RE.pattern.removesuffix(r"\Z").replace(_ANY_HASH, _ANY_HASH_HERE) + ")"
 _VISIBLE = bytes(range(0x21, 0x7F)) + b"\t\n"  # what a chunk may hold: visible ASCII, tabs, newlines

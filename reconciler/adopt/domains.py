@@ -84,16 +84,17 @@ def _check_users(
     users: dict[str, list[tuple[str, str]]] = {i: [] for i in names}
     first: dict[str, str] = {}  # row id by casefolded address: a domain file holds each mailbox once
     for ident, domain_id, email, password in user_rows:
-        where = f"{Table.USERS} id={ident}"
         key = email.casefold()
         if key in first:
-            problems.append(Problem(where, None, f"{email!r}: the same mailbox as {Table.USERS} id={first[key]}"))
+            same = f"the same mailbox as {Table.USERS} id={first[key]}"
+            problems.append(Problem(f"{Table.USERS} id={ident}", None, f"{email!r}: {same}"))
             continue
         first[key] = ident
         domain = names.get(domain_id)
         if domain is not None and _address_in(email, domain) is None and password_ok(password):
             users[domain_id].append((email, password))  # the common case: nothing to report
             continue
+        where = f"{Table.USERS} id={ident}"
         if domain is None:
             problems.append(Problem(where, None, f"{email!r}: domain_id {domain_id} does not exist"))
             continue

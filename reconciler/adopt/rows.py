@@ -173,7 +173,13 @@ def read_lines(cfg: AgentConfig, client: str, users: LineTaker, aliases: LineTak
     domain_fields = [line.split("\t") for line in "".join(sections[0]).split("\n")[:-1]]
     if any(len(f) != 2 for f in domain_fields):
         return None
-    return Lines([(f[0], f[1]) for f in domain_fields], sections[3] != ["0\n"])
+    return Lines([(f[0], f[1]) for f in domain_fields], _count(sections[3]) > 0)
+
+
+def _count(pieces: list[str]) -> int:
+    """The number a section of one ``COUNT(*)`` line holds (in pieces when a chunk ended inside it); 0 if none."""
+    text = "".join(pieces).strip()
+    return int(text) if text.isdigit() else 0
 
 
 # Takes a chunk of whole lines of one table (each ending with a newline), given as text and split
