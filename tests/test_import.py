@@ -568,7 +568,7 @@ def test_fast_path_refuses_an_invalid_domain_name() -> None:
 def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
     """On the guide's rows (without o'brien, whom it leaves to the row-by-row path): the fast path is taken and gives the row-by-row texts."""
     from reconciler.adopt import bulk
-    from reconciler.adopt.domains import collect_rows, texts_from_rows
+    from reconciler.adopt.domains import collect_rows, start_reading, texts_from_rows
     from reconciler.adopt.rows import read_lines, read_tables
     from reconciler.models import load_config
 
@@ -576,9 +576,59 @@ def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
     host.sql("DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n")
     cfg = load_config(host.config)
     assert read_lines(cfg, shutil.which("mariadb") or "mariadb", bulk.users().take, bulk.aliases().take) is not None
-    texts, counts, problems = collect_rows(cfg)
+    reader = start_reading(cfg)
+    assert reader is not None
+    try:
+        texts, counts, problems = collect_rows(cfg, reader)
+    finally:
+        reader.close()
     assert problems == [] and counts[1] >= 2
     assert (dict(texts), counts, problems) == texts_from_rows(*read_tables(cfg))
+
+
+def _client_children() -> list[int]:
+    """This process's children that are a ``mariadb`` client, reaped or not."""
+    pids = []
+    for task in Path("/proc/self/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    return [pid for pid in pids if Path(f"/proc/{pid}/comm").read_text().strip() == "mariadb"]
+
+
+def test_a_reader_closed_unread_stops_its_client(
+    guide_host: GuideHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import that fails before it takes the rows (the client was started first): close stops the client and removes its credentials.
+
+    The client is kept waiting on a table lock meanwhile: a close that waited for it to finish
+    instead of stopping it would not return.
+    """
+    import tempfile
+    import threading
+
+    from reconciler.adopt.domains import start_reading
+    from reconciler.models import load_config
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    before = _client_children()
+    conn = guide_host.db.root_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("LOCK TABLES mailserver.virtual_users WRITE")
+        reader = start_reading(load_config(guide_host.config))
+        assert reader is not None
+        assert [p.name[:17] for p in tmp.iterdir()] == ["reconciler-import"]  # the defaults file's directory
+        assert len(_client_children()) == len(before) + 1
+        closing = threading.Thread(target=reader.close, daemon=True)
+        closing.start()
+        closing.join(timeout=20)
+        assert not closing.is_alive(), "close waited for the client"
+    finally:
+        conn.close()  # the lock goes with the session
+    assert list(tmp.iterdir()) == []
+    assert _client_children() == before  # stopped and reaped
+    reader.close()  # twice is harmless
 
 
 def test_duplicates_without_unique_keys_are_named(guide_host: GuideHost) -> None:

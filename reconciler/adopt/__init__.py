@@ -36,9 +36,9 @@ import structlog
 
 from reconciler.adopt import repo
 from reconciler.adopt.bulk import NotCovered
-from reconciler.adopt.domains import Counts, collect_rows, domain_schema
+from reconciler.adopt.domains import Counts, collect_rows, domain_schema, start_reading
 from reconciler.adopt.gitstore import NewRepository
-from reconciler.adopt.rows import require_tables
+from reconciler.adopt.rows import LineReader, require_tables
 from reconciler.adopt.secrets import Secrets
 from reconciler.adopt.tables import Findings, collect_files
 from reconciler.desired.render import SECRET_FILE_GROUP, SECRET_FILE_MODE
@@ -79,14 +79,21 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
         raise ReconcilerError(f"{out}: already exists and is not empty; import writes a new repository")
     if not out.parent.is_dir():
         raise ReconcilerError(f"{out.parent}: no such directory")
-    require_tables(cfg)
-    secrets = Secrets.load(Path(cfg.secrets.dir))
-    found = collect_files(Path(cfg.postfix.config_dir), cfg.postfix.outside_paths, secrets)
+    # The client starts reading the rows now: the server and the client send them while the files
+    # are collected and checked (the import reads what they sent once it gets there).
+    reader = start_reading(cfg)
     try:
-        commit, counts = _write(cfg, out, found, secrets, fast=True)
-    except NotCovered as exc:  # a domain's rows the fast path does not cover: all again, row by row
-        log.debug("import.fast_path_left", domain=str(exc))
-        commit, counts = _write(cfg, out, found, secrets, fast=False)
+        require_tables(cfg)
+        secrets = Secrets.load(Path(cfg.secrets.dir))
+        found = collect_files(Path(cfg.postfix.config_dir), cfg.postfix.outside_paths, secrets)
+        try:
+            commit, counts = _write(cfg, out, found, secrets, reader)
+        except NotCovered as exc:  # a domain's rows the fast path does not cover: all again, row by row
+            log.debug("import.fast_path_left", domain=str(exc))
+            commit, counts = _write(cfg, out, found, secrets, None)
+    finally:
+        if reader is not None:
+            reader.close()
     log.info("import.done", out=str(out), files=len(found.files), domains=counts[0])
     return ImportResult(
         out,
@@ -100,8 +107,11 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
     )
 
 
-def _write(cfg: AgentConfig, out: Path, found: Findings, secrets: Secrets, *, fast: bool) -> tuple[str, Counts]:
-    """Read the rows, write the repository beside ``out``, then the secrets and the live writes, then rename it.
+def _write(
+    cfg: AgentConfig, out: Path, found: Findings, secrets: Secrets, reader: LineReader | None
+) -> tuple[str, Counts]:
+    """Read the rows (from ``reader``, else row by row), write the repository beside ``out``, then the
+    secrets and the live writes, then rename it.
 
     Nothing stays behind when it raises (``CannotImport``, ``NotCovered``, anything): the staged
     directory is removed and nothing live has been written yet.
@@ -121,7 +131,7 @@ def _write(cfg: AgentConfig, out: Path, found: Findings, secrets: Secrets, *, fa
                 checked = pool.submit(
                     validate_snapshot, open_snapshot(tmp), str(config_dir), None, cfg.postfix.outside_paths
                 )
-                domains, counts, row_problems = collect_rows(cfg, fast=fast)
+                domains, counts, row_problems = collect_rows(cfg, reader)
                 validated = checked.result()
             read = time.perf_counter()
             if found.problems or row_problems:

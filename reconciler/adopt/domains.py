@@ -17,7 +17,7 @@ import structlog
 
 from reconciler.adopt import bulk
 from reconciler.adopt.bulk import SCHEMA_MODELINE
-from reconciler.adopt.rows import client_program, read_lines, read_tables
+from reconciler.adopt.rows import LineReader, client_program, read_tables, start_lines
 from reconciler.errors import Problem
 from reconciler.models import (
     LOCAL_PART_RE,
@@ -36,18 +36,24 @@ _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*@[A-Za-z0-9.-]+\Z")
 Counts = tuple[int, int, int]
 
 
-def collect_rows(cfg: AgentConfig, *, fast: bool = True) -> tuple[Mapping[str, str], Counts, list[Problem]]:
+def start_reading(cfg: AgentConfig) -> LineReader | None:
+    """The fast path's reader, started (None without the client: then ``collect_rows`` reads row by row)."""
+    client = client_program(cfg)
+    return start_lines(cfg, client) if client is not None else None
+
+
+def collect_rows(cfg: AgentConfig, reader: LineReader | None) -> tuple[Mapping[str, str], Counts, list[Problem]]:
     """Domain file texts by domain, (domains, mailboxes, aliases) and the rows that cannot be represented.
 
-    Through the fast path (``reconciler.adopt.bulk``) when ``fast``, the client is there and every
-    row is one it covers; else, or when it gives up, row by row: the same texts, and the problems
-    named. The fast path's texts are checked as each is read: one that needs the row-by-row path
-    raises ``bulk.NotCovered`` then, and the caller asks again with ``fast=False``.
+    Through the fast path (``reconciler.adopt.bulk``) when given the ``reader`` that
+    ``start_reading`` started and every row is one it covers; else, or when it gives up, row by
+    row: the same texts, and the problems named. The fast path's texts are checked as each is
+    read: one that needs the row-by-row path raises ``bulk.NotCovered`` then, and the caller asks
+    again without a reader.
     """
-    client = client_program(cfg)
-    if fast and client is not None:
+    if reader is not None:
         users, aliases = bulk.users(), bulk.aliases()
-        lines = read_lines(cfg, client, users.take, aliases.take)
+        lines = reader.lines(users.take, aliases.take)
         texts = None
         if lines is not None:
             texts = bulk.domain_texts(lines.domains, users, aliases, lines.emails_unique)

@@ -3,8 +3,9 @@
 Called by ``reconciler.adopt.domains`` (which checks the rows and writes the domain files) and by
 tests that compare the readers. With the ``mariadb`` client on PATH, the rows come through it in
 batch mode; else through PyMySQL. Either way they are strings, as the client prints them: ids are
-only named in messages and matched as keys. ``read_lines`` is the fast path's reader: the client's
-lines as they are, without row ids, each chunk checked while the client is still sending the next.
+only named in messages and matched as keys. ``start_lines`` starts the fast path's reader (a
+``LineReader``): the client's lines as they are, without row ids, each chunk checked while the
+client is still sending the next.
 """
 
 from __future__ import annotations
@@ -128,52 +129,98 @@ def _stream(conn: Connection, sql: str) -> Iterator[tuple[str, str, str, str]]:
             yield str(ident), str(domain_id), str(a), "NULL" if b is None else str(b)
 
 
-def read_lines(cfg: AgentConfig, client: str, users: LineTaker, aliases: LineTaker) -> Lines | None:
-    """The tables as lines through ``client``, each chunk of users and aliases handed on arrival.
+class LineReader:
+    """The fast path's client, started and sending the tables as lines (in-memory handle, during an import).
 
-    None (the client stopped) as soon as a taker refuses a chunk or the output is not as expected
-    (a line count that is not the table's row count included): the caller then reads again row by
-    row. A client that fails is a ``TemporaryError``, as in ``read_tables``.
+    ``start_lines`` starts it as early as the import can, so that the server and the client are
+    already sending while the import collects the files; ``lines`` then takes what they sent.
+    ``close`` stops a client whose lines were never taken (the import failed before) and removes
+    its credentials.
     """
-    script = (
-        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION WITH CONSISTENT SNAPSHOT; "
-        f"{_DOMAIN_LINES_SQL}; {_MARK_SQL}; {_USER_LINES_SQL}; {_MARK_SQL}; {_ALIAS_LINES_SQL}; {_MARK_SQL}; "
-        f"{_UNIQUE_EMAIL_SQL}; COMMIT;"
-    )
-    with tempfile.TemporaryDirectory(prefix="reconciler-import-") as tmp:
-        argv = [client, f"--defaults-file={_defaults_file(cfg, Path(tmp))}", "--batch", "--skip-column-names"]
-        with (Path(tmp) / "stderr").open("w+b") as err:
-            proc = subprocess.Popen(
+
+    def __init__(self, cfg: AgentConfig, client: str) -> None:
+        self.cfg = cfg
+        script = (
+            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION WITH CONSISTENT SNAPSHOT; "
+            f"{_DOMAIN_LINES_SQL}; {_MARK_SQL}; {_USER_LINES_SQL}; {_MARK_SQL}; {_ALIAS_LINES_SQL}; {_MARK_SQL}; "
+            f"{_UNIQUE_EMAIL_SQL}; COMMIT;"
+        )
+        self._tmp = tempfile.TemporaryDirectory(prefix="reconciler-import-")
+        try:
+            tmp = Path(self._tmp.name)
+            argv = [client, f"--defaults-file={_defaults_file(cfg, tmp)}", "--batch", "--skip-column-names"]
+            self._err = (tmp / "stderr").open("w+b")
+            self._proc = subprocess.Popen(
                 [*argv, "--quick", "--raw", cfg.mysql.database],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=err,
+                stderr=self._err,
             )
-            sections: list[list[str]] | None = None
-            stdin, stdout = proc.stdin, proc.stdout
-            if stdin is None or stdout is None:  # cannot happen: both are pipes
-                raise ReconcilerError("the mariadb client started without its pipes")
-            arrived, drainer = _drain(stdout.fileno())
-            try:
-                stdin.write(script.encode())
-                stdin.close()
-                sections = _sections(arrived, (users, aliases))
-            finally:
-                if sections is None:
-                    proc.kill()  # the drainer then reads the end
-                drainer.join()
-                stdout.close()
-                proc.wait()
-            err.seek(0)
-            detail = err.read().decode("utf-8", "replace").strip()
-    if sections is None:
-        return None
-    if proc.returncode != 0:
-        raise _client_failed(cfg, detail)
-    domain_fields = [line.split("\t") for line in "".join(sections[0]).split("\n")[:-1]]
-    if any(len(f) != 2 for f in domain_fields):
-        return None
-    return Lines([(f[0], f[1]) for f in domain_fields], _count(sections[3]) > 0)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        if stdin is None or stdout is None:  # cannot happen: both are pipes
+            raise ReconcilerError("the mariadb client started without its pipes")
+        self._stdout = stdout
+        self._arrived, self._drainer = _drain(stdout.fileno())
+        stdin.write(script.encode())
+        stdin.close()
+        self._done = False
+
+    def lines(self, users: LineTaker, aliases: LineTaker) -> Lines | None:
+        """The tables' lines, each chunk of users and aliases handed on arrival; once.
+
+        None (the client stopped) as soon as a taker refuses a chunk or the output is not as
+        expected (a line count that is not the table's row count included): the caller then reads
+        again row by row. A client that fails is a ``TemporaryError``, as in ``read_tables``.
+        """
+        if self._done:
+            raise ReconcilerError("the client's lines were already taken")
+        sections = None
+        try:
+            sections = _sections(self._arrived, (users, aliases))
+        finally:
+            self._finish(kill=sections is None)
+        if sections is None:
+            return None
+        if self._proc.returncode != 0:
+            self._err.seek(0)
+            raise _client_failed(self.cfg, self._err.read().decode("utf-8", "replace").strip())
+        domain_fields = [line.split("\t") for line in "".join(sections[0]).split("\n")[:-1]]
+        if any(len(f) != 2 for f in domain_fields):
+            return None
+        return Lines([(f[0], f[1]) for f in domain_fields], _count(sections[3]) > 0)
+
+    def close(self) -> None:
+        """Stop the client if its lines were not taken, and remove its credentials; safe to call twice."""
+        self._finish(kill=True)
+        self._err.close()
+        self._tmp.cleanup()
+
+    def _finish(self, *, kill: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        if kill:
+            self._proc.kill()  # the drainer then reads the end
+        self._drainer.join()
+        self._stdout.close()
+        self._proc.wait()
+
+
+def start_lines(cfg: AgentConfig, client: str) -> LineReader:
+    """The fast path's reader: ``client`` started on the tables (a ``LineReader``; the caller closes it)."""
+    return LineReader(cfg, client)
+
+
+def read_lines(cfg: AgentConfig, client: str, users: LineTaker, aliases: LineTaker) -> Lines | None:
+    """The tables as lines through ``client`` at once: ``start_lines``, then ``LineReader.lines``."""
+    reader = start_lines(cfg, client)
+    try:
+        return reader.lines(users, aliases)
+    finally:
+        reader.close()
 
 
 def _count(pieces: list[str]) -> int:
