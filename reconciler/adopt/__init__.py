@@ -44,8 +44,6 @@ from reconciler.adopt.tables import Findings, collect_files
 from reconciler.desired.render import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from reconciler.errors import PermanentError, Problem, ReconcilerError
 from reconciler.models import AgentConfig
-from reconciler.source import open_snapshot
-from reconciler.validate import validate_snapshot
 
 log = structlog.get_logger("reconciler.adopt")
 
@@ -116,6 +114,10 @@ def _write(
     Nothing stays behind when it raises (``CannotImport``, ``NotCovered``, anything): the staged
     directory is removed and nothing live has been written yet.
     """
+    # Imported here, not above: the client (``start_reading``) is sending the rows meanwhile.
+    from reconciler.source import open_snapshot
+    from reconciler.validate import validate_snapshot
+
     config_dir = Path(cfg.postfix.config_dir)
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
