@@ -465,6 +465,83 @@ def test_debian_internet_site_setup(bare_host: GuideHost) -> None:
         assert word not in printed, word
 
 
+# -- 2d. An LDAP directory: Kolab's and Univention's ldap_table(5) files --------------------------
+
+# bind_pw in two files (the same service account), a nested ``domain = ldap:...`` table as Kolab
+# writes it, and a SASL EXTERNAL bind over ldapi:// with no password at all (as fripost does).
+LDAP_SECRET = "Ldap-Service-Bind-9f3e27"
+LDAP_MAIN = """\
+myhostname = mail.example.org
+mydestination = ldap:/etc/postfix/ldap/mydestination.cf
+local_recipient_maps = ldap:/etc/postfix/ldap/local_recipient_maps.cf
+virtual_alias_maps = proxy:ldap:/etc/postfix/ldap/virtual_alias_maps.cf
+transport_maps = ldap:/etc/postfix/ldap/transport_maps.cf
+proxy_read_maps = $local_recipient_maps $mydestination $virtual_alias_maps $transport_maps
+alias_maps = hash:/etc/aliases
+compatibility_level = 3.6
+"""
+LDAP_BIND = f"""\
+bind_dn = uid=kolab-service,ou=Special Users,dc=mgmt,dc=com
+bind_pw = {LDAP_SECRET}
+"""
+LDAP_FILES = {
+    "ldap/mydestination.cf": (
+        "server_host = localhost\nserver_port = 389\nversion = 3\nsearch_base = cn=kolab,cn=config\n"
+        "scope = sub\n\n" + LDAP_BIND + "\nquery_filter = (&(associatedDomain=%s)(associatedDomain=*))\n"
+        "result_attribute = associatedDomain\n",
+        0o640,
+        "postfix",
+    ),
+    "ldap/local_recipient_maps.cf": (
+        "server_host = localhost\nserver_port = 389\nversion = 3\nsearch_base = dc=hosted,dc=com\nscope = sub\n\n"
+        "domain = ldap:/etc/postfix/ldap/mydestination.cf\n\n" + LDAP_BIND + "\n"
+        "query_filter = (&(|(mail=%s)(alias=%s))(|(objectclass=kolabinetorgperson)(objectclass=kolabgroupofuniquenames)))\n"
+        "result_attribute = mail\n",
+        0o640,
+        "postfix",
+    ),
+    "ldap/virtual_alias_maps.cf": (
+        "server_host      = ldapi://%2Fprivate%2Fldapi/\nversion          = 3\n"
+        "search_base      = fvd=%d,ou=virtual,dc=fripost,dc=org\ndomain           = static:all\n"
+        "scope            = one\nbind             = sasl\nsasl_mechs       = EXTERNAL\n"
+        "query_filter     = (&(objectClass=FripostVirtualAlias)(fvl=%u))\nresult_attribute = fripostMaildrop\n",
+        0o644,
+        "root",
+    ),
+    "ldap/transport_maps.cf": (
+        "# Univention: bind_pw is the machine secret\nserver_host = ldap://ucs.example.org:7389\n"
+        "search_base = dc=example,dc=org\nquery_filter = (&(objectClass=univentionMailDomainname)(cn=%s))\n"
+        "result_attribute = cn\nresult_format = smtp:[%s]\nscope = sub\nversion = 3\n"
+        "bind_dn = cn=mail$,cn=dc,cn=computers,dc=example,dc=org\n"
+        f"bind_pw = {LDAP_SECRET[::-1]}\nstart_tls = yes\n",
+        0o640,
+        "postfix",
+    ),
+}
+
+
+def test_ldap_directory_setup(bare_host: GuideHost) -> None:
+    """ldap: and proxy:ldap: tables: each bind_pw a secret (one name for one value), a SASL bind imported as it is."""
+    host = bare_host
+    install(host, LDAP_MAIN, _master_dist(), LDAP_FILES)
+    _write(host.outside, "postmaster: root\n")
+    subprocess.run(["postalias", "-c", str(host.postfix.config_dir), f"hash:{host.outside}"], check=True)
+    out, printed = import_and_diff(host, [LDAP_SECRET, LDAP_SECRET[::-1]])
+    files = _tree(out)
+    assert sorted(n for n in files if n.startswith("postfix/ldap/")) == sorted(f"postfix/{n}" for n in LDAP_FILES)
+    refs = {}
+    for rel in ("ldap/mydestination.cf", "ldap/local_recipient_maps.cf", "ldap/transport_maps.cf"):
+        text = files[f"postfix/{rel}"].decode()
+        (line,) = [line for line in text.splitlines() if line.startswith("bind_pw = ")]
+        assert line.startswith("bind_pw = ${secret:") and line.endswith("}"), line
+        refs[rel] = line
+        original = LDAP_FILES[rel][0]
+        assert text == original.replace(next(x for x in original.splitlines() if x.startswith("bind_pw = ")), line)
+    assert refs["ldap/mydestination.cf"] == refs["ldap/local_recipient_maps.cf"] != refs["ldap/transport_maps.cf"]
+    assert files["postfix/ldap/virtual_alias_maps.cf"] == LDAP_FILES["ldap/virtual_alias_maps.cf"][0].encode()
+    assert "error" not in printed and "warning" not in printed
+
+
 # -- 3. A database without one of the three mail tables ----------------------------------------------
 
 
