@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the project needs on Debian 12, idempotently: Postfix (+ MySQL maps), MariaDB
-# server and client, the tools the agent and its tests call, and the Python virtualenv in .venv.
+# server and client, the tools the agent and its tests call, the Python virtualenv in .venv and
+# import-linter in .venv-lint (pyproject.toml's "lint" extra, apart: see there).
 #
 # Called by deploy/test.sh (CI) and deploy/sandbox.sh. Tests and the sandbox run PRIVATE Postfix and
 # MariaDB instances (harness/), so the packages' own services are never needed: Postfix
@@ -78,6 +79,10 @@ if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
   rm -rf .venv
   python3 -m venv .venv
 fi
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" != "$want" ]; then
+  rm -rf .venv  # pyproject.toml changed: built anew, so that nothing it no longer asks for stays behind
+  python3 -m venv .venv
+fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
     || ! .venv/bin/python -c 'import reconciler, pytest, mypy' >/dev/null 2>&1; then
   echo "install-deps: installing the project into .venv"
@@ -85,4 +90,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
   echo "$want" > "$stamp"
 else
   echo "install-deps: .venv is up to date"
+fi
+
+# import-linter apart (pyproject.toml's "lint" extra): it reads the sources, it needs none of the
+# project's packages. Run as deploy/test.sh does: PYTHONPATH=. .venv-lint/bin/lint-imports.
+lint_stamp=".venv-lint/.install-deps-stamp"
+if ! .venv-lint/bin/python -c 'import importlinter' >/dev/null 2>&1 || [ ! -f "$lint_stamp" ] \
+    || [ "$(cat "$lint_stamp")" != "$want" ]; then
+  echo "install-deps: installing import-linter into .venv-lint"
+  rm -rf .venv-lint
+  python3 -m venv .venv-lint
+  mapfile -t lint_requirements < <(.venv/bin/python -c \
+    'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["lint"], sep="\n")')
+  .venv-lint/bin/python -m pip install -q "${lint_requirements[@]}"
+  echo "$want" > "$lint_stamp"
 fi

@@ -29,7 +29,7 @@ step() {
 
 step ruff ruff check .
 step mypy mypy
-step import-linter lint-imports
+step import-linter env PYTHONPATH="$ROOT" "$ROOT/.venv-lint/bin/lint-imports"
 step pytest pytest
 
 echo
