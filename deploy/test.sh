@@ -30,7 +30,9 @@ step() {
 step ruff ruff check .
 step mypy mypy
 step import-linter env PYTHONPATH="$ROOT" "$ROOT/.venv-lint/bin/lint-imports"
-step pytest pytest
+# Two workers, each taking whole test files (their module fixtures set up once): on 2 cores the suite
+# takes about 7.5 minutes instead of 13, most of it waiting on Postfix, MariaDB and Galera.
+step pytest pytest -n 2 --dist loadfile
 
 echo
 if [ "${#failed[@]}" -gt 0 ]; then
