@@ -586,6 +586,22 @@ def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
     assert (dict(texts), counts, problems) == texts_from_rows(*read_tables(cfg))
 
 
+def test_refused_login_exits_2_writing_nothing(guide_host: GuideHost) -> None:
+    """A wrong [mysql] password: exit 2, one line saying the login was refused (never the password), nothing written."""
+    host = guide_host
+    wrong = "Not-The-Password-4c1d"
+    password_file = host.base / "mysql-password"
+    assert password_file.read_text() == host.db.reconciler_password
+    password_file.write_text(wrong)
+    out = host.base / "imported"
+    res = host.cli("import", "--out", str(out))
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "Access denied" in lines[0] and "reconciler" in lines[0], lines
+    assert wrong not in res.stdout + res.stderr and host.db.reconciler_password not in res.stdout + res.stderr
+    assert not out.exists() and not [p for p in host.base.iterdir() if p.name.startswith(".imported")]
+
+
 def _client_children() -> list[int]:
     """This process's children that are a ``mariadb`` client, reaped or not."""
     pids = []

@@ -164,9 +164,13 @@ class LineReader:
             raise ReconcilerError("the mariadb client started without its pipes")
         self._stdout = stdout
         self._arrived, self._drainer = _drain(stdout.fileno())
-        stdin.write(script.encode())
-        stdin.close()
         self._done = False
+        try:
+            stdin.write(script.encode())
+            stdin.close()
+        except BrokenPipeError:  # the client stopped at once (a refused login): ``lines`` finds no rows
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
 
     def lines(self, users: LineTaker, aliases: LineTaker) -> Lines | None:
         """The tables' lines, each chunk of users and aliases handed on arrival; once.
