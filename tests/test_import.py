@@ -27,6 +27,8 @@ from mailhost import HASH, RELAY_SECRET, MailHost, reset_database
 from harness.mariadb import MariaDB
 from harness.postfix import PostfixInstance, cool_down
 from harness.repo import sandboxize_postfix_tree
+from reconciler.adopt.rows import LineReader, Lines, LineTaker
+from reconciler.models import AgentConfig
 from reconciler.passwd import sha512_crypt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +96,15 @@ def _write(path: Path, text: str, mode: int = 0o644, group: str = "root") -> Non
     path.write_text(text)
     shutil.chown(path, "root", group)
     path.chmod(mode)
+
+
+def read_lines(cfg: AgentConfig, client: str, users: LineTaker, aliases: LineTaker) -> Lines | None:
+    """The fast path's read at once, through ``client``: a ``LineReader`` started, its lines taken, closed."""
+    reader = LineReader(cfg, client)
+    try:
+        return reader.lines(users, aliases)
+    finally:
+        reader.close()
 
 
 def agent_config(tmp_path: Path, mariadb: MariaDB, live: Path, outside: Path) -> tuple[Path, Path]:
@@ -347,7 +358,7 @@ def test_built_table_only_is_recovered(guide_host: GuideHost) -> None:
 def test_client_and_pymysql_readers_agree(guide_host: GuideHost) -> None:
     """The mariadb-client readers and the PyMySQL reader return the same rows, tabs, newlines and backslashes included."""
     from reconciler.adopt import bulk
-    from reconciler.adopt.rows import read_lines, read_tables_client, read_tables_pymysql
+    from reconciler.adopt.rows import read_tables_client, read_tables_pymysql
     from reconciler.models import load_config
 
     host = guide_host
@@ -569,7 +580,7 @@ def test_fast_path_on_a_live_database(guide_host: GuideHost) -> None:
     """On the guide's rows (without o'brien, whom it leaves to the row-by-row path): the fast path is taken and gives the row-by-row texts."""
     from reconciler.adopt import bulk
     from reconciler.adopt.domains import collect_rows, start_reading, texts_from_rows
-    from reconciler.adopt.rows import read_lines, read_tables
+    from reconciler.adopt.rows import read_tables
     from reconciler.models import load_config
 
     host = guide_host
@@ -670,7 +681,6 @@ def test_duplicates_without_unique_keys_are_named(guide_host: GuideHost) -> None
 def test_fast_path_counts_the_rows_a_raw_newline_cannot_add(guide_host: GuideHost) -> None:
     """A value with a newline prints as two lines that each look like a good row: the row counts send it row by row."""
     from reconciler.adopt import bulk
-    from reconciler.adopt.rows import read_lines
     from reconciler.models import load_config
 
     host = guide_host

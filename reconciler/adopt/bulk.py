@@ -2,7 +2,7 @@
 
 Called by ``reconciler.adopt.domains.collect_rows``: a ``Runs`` per table (``users()``,
 ``aliases()``) takes each chunk of the ``mariadb`` client's output while the next is still being
-sent (``reconciler.adopt.rows.read_lines``: ``domain_id<TAB>email<TAB>password`` and
+sent (``reconciler.adopt.rows.LineReader``: ``domain_id<TAB>email<TAB>password`` and
 ``domain_id<TAB>source<TAB>destination`` lines, no row ids), checks it, sorts it and files its
 lines by domain id; then ``domain_texts`` makes the domain files, each when it is read. Instead of
 a Python step per row, one regular expression checks a whole chunk, one sort a chunk, and each
@@ -72,7 +72,7 @@ class Runs:
     """One table's lines the fast path took (in-memory, during an import): sorted runs by domain id.
 
     ``take`` is handed each chunk of the client's output while the next one arrives
-    (``reconciler.adopt.rows.read_lines``); it checks the chunk, sorts it and files its lines by
+    (``reconciler.adopt.rows.LineReader.lines``); it checks the chunk, sorts it and files its lines by
     domain id, so that once the client is done each domain's lines are a few sorted runs to merge.
     """
 

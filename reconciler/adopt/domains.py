@@ -17,7 +17,7 @@ import structlog
 
 from reconciler.adopt import bulk
 from reconciler.adopt.bulk import SCHEMA_MODELINE
-from reconciler.adopt.rows import LineReader, client_program, read_tables, start_lines
+from reconciler.adopt.rows import LineReader, client_program, read_tables
 from reconciler.errors import Problem
 from reconciler.models import (
     LOCAL_PART_RE,
@@ -39,7 +39,7 @@ Counts = tuple[int, int, int]
 def start_reading(cfg: AgentConfig) -> LineReader | None:
     """The fast path's reader, started (None without the client: then ``collect_rows`` reads row by row)."""
     client = client_program(cfg)
-    return start_lines(cfg, client) if client is not None else None
+    return LineReader(cfg, client) if client is not None else None
 
 
 def collect_rows(cfg: AgentConfig, reader: LineReader | None) -> tuple[Mapping[str, str], Counts, list[Problem]]:

@@ -7,7 +7,7 @@ compression, as ``core.looseCompression=0`` gives for loose objects; the first `
 compresses). ``commit`` adds the trees and the commit, finishes the pack and its index (version
 2), and writes the index (version 2) and the branch ref. The result is what ``git add -A && git
 commit`` gives in its objects and index entries; ``git fsck --strict`` and ``git status`` find it
-clean (tests/test_import.py).
+clean (tests/test_gitstore.py).
 
 Why not git itself: at a million mailboxes the domain files are about 140 MB, and ``git
 update-index`` hashes them with its collision-detecting SHA-1 and copies them through zlib, about

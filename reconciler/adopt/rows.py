@@ -3,9 +3,9 @@
 Called by ``reconciler.adopt.domains`` (which checks the rows and writes the domain files) and by
 tests that compare the readers. With the ``mariadb`` client on PATH, the rows come through it in
 batch mode; else through PyMySQL. Either way they are strings, as the client prints them: ids are
-only named in messages and matched as keys. ``start_lines`` starts the fast path's reader (a
-``LineReader``): the client's lines as they are, without row ids, each chunk checked while the
-client is still sending the next.
+only named in messages and matched as keys. A ``LineReader`` is the fast path's reader: the
+client's lines as they are, without row ids, each chunk checked while the client is still sending
+the next.
 """
 
 from __future__ import annotations
@@ -132,8 +132,9 @@ def _stream(conn: Connection, sql: str) -> Iterator[tuple[str, str, str, str]]:
 class LineReader:
     """The fast path's client, started and sending the tables as lines (in-memory handle, during an import).
 
-    ``start_lines`` starts it as early as the import can, so that the server and the client are
-    already sending while the import collects the files; ``lines`` then takes what they sent.
+    ``domains.start_reading`` starts it as early as the import can, so that the server and the
+    client are already sending while the import collects the files; ``lines`` then takes what they
+    sent.
     ``close`` stops a client whose lines were never taken (the import failed before) and removes
     its credentials.
     """
@@ -211,20 +212,6 @@ class LineReader:
         self._drainer.join()
         self._stdout.close()
         self._proc.wait()
-
-
-def start_lines(cfg: AgentConfig, client: str) -> LineReader:
-    """The fast path's reader: ``client`` started on the tables (a ``LineReader``; the caller closes it)."""
-    return LineReader(cfg, client)
-
-
-def read_lines(cfg: AgentConfig, client: str, users: LineTaker, aliases: LineTaker) -> Lines | None:
-    """The tables as lines through ``client`` at once: ``start_lines``, then ``LineReader.lines``."""
-    reader = start_lines(cfg, client)
-    try:
-        return reader.lines(users, aliases)
-    finally:
-        reader.close()
 
 
 def _count(pieces: list[str]) -> int:
