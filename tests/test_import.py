@@ -79,7 +79,8 @@ class GuideHost:
         return path
 
     def sql(self, statements: str) -> None:
-        subprocess.run(self.db.client_argv(), input=statements, text=True, check=True, capture_output=True)
+        res = subprocess.run(self.db.client_argv(), input=statements, text=True, capture_output=True, check=False)
+        assert res.returncode == 0, res.stderr
 
     def live_fingerprint(self) -> dict[str, tuple[str, int]]:
         out = {}
@@ -697,6 +698,33 @@ def test_fast_path_counts_the_rows_a_raw_newline_cannot_add(guide_host: GuideHos
     res = host.cli("import", "--out", str(host.base / "imported"))
     assert res.returncode == 1 and "real@example.com: the password is not a hash" in res.stdout, res.stdout
     assert "forged" not in res.stdout and not (host.base / "imported").exists()
+
+
+def test_fast_path_leaves_nulls_to_the_row_by_row_path(guide_host: GuideHost) -> None:
+    """Columns a foreign schema leaves nullable print as NULL: never a hash or an address, so those rows are named."""
+    from reconciler.adopt import bulk
+    from reconciler.models import load_config
+
+    host = guide_host
+    host.sql(
+        "DELETE FROM virtual_users WHERE email = 'o''brien@example.com';\n"
+        "ALTER TABLE virtual_users MODIFY password varchar(255) NULL;\n"
+        "ALTER TABLE virtual_aliases MODIFY destination varchar(254) NULL;\n"
+        "DROP TRIGGER reconciler_users_ai;\nDROP TRIGGER reconciler_aliases_ai;\n"  # a host we never set up has none
+    )
+    cfg = load_config(host.config)
+    client = shutil.which("mariadb") or "mariadb"
+    assert read_lines(cfg, client, bulk.users().take, bulk.aliases().take) is not None
+    host.sql(
+        "INSERT INTO virtual_users (id, domain_id, email, password) VALUES (201, 1, 'nopass@example.org', NULL);\n"
+        "INSERT INTO virtual_aliases (id, domain_id, source, destination) VALUES (202, 1, 'nowhere@example.org', NULL);\n"
+    )
+    assert read_lines(cfg, client, bulk.users().take, bulk.aliases().take) is None
+    res = host.cli("import", "--out", str(host.base / "imported"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "virtual_users id=201: nopass@example.org: the password is not a hash" in res.stdout, res.stdout
+    assert "virtual_aliases id=202: 'nowhere@example.org' -> 'NULL'" in res.stdout, res.stdout
+    assert not (host.base / "imported").exists()
 
 
 def test_sections_split_at_any_chunk_boundary() -> None:

@@ -24,6 +24,7 @@ said in a note.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import socket
 import tempfile
@@ -80,6 +81,10 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
     # The client starts reading the rows now: the server and the client send them while the files
     # are collected and checked (the import reads what they sent once it gets there).
     reader = start_reading(cfg)
+    # No cycle collection while the rows are held: a million lines in lists are traversed at every
+    # full collection, for nothing (the import makes no cycles); about 0.1 s at 1M mailboxes.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         require_tables(cfg)
         secrets = Secrets.load(Path(cfg.secrets.dir))
@@ -90,6 +95,8 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
             log.debug("import.fast_path_left", domain=str(exc))
             commit, counts = _write(cfg, out, found, secrets, None)
     finally:
+        if collecting:
+            gc.enable()
         if reader is not None:
             reader.close()
     log.info("import.done", out=str(out), files=len(found.files), domains=counts[0])
@@ -126,7 +133,6 @@ def _write(
         try:
             for f in found.files.values():
                 git.write(f.repo_path, f.data)
-            git.wait()
             # The staged files are checked as a revision would be (Postfix's tools, mostly waiting on
             # them) while the rows are read: the two take no time from each other.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-validate") as pool:
@@ -145,7 +151,7 @@ def _write(
                         for p in validated.problems
                     ]
                 )
-            for name, text in domains.items():  # each text made while the one before is written
+            for name, text in domains.items():  # each text made and checked as it is read
                 git.write(f"domains/{name}.yaml", text.encode())
             git.write("schemas/domain.schema.json", domain_schema().encode())
             git.write("README.md", repo.readme(cfg, found, counts).encode())

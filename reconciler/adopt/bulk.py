@@ -135,7 +135,7 @@ def domain_texts(
 
     None when a row needs the row-by-row path: an invalid domain name, a row of a domain id that does
     not exist. The rest is checked per domain as its text is made (``Lazy``), so that the import
-    writes one file while the next is made: an address outside its domain, a mailbox address twice
+    holds one domain's text at a time: an address outside its domain, a mailbox address twice
     (not looked for when the database keeps emails unique: ``emails_unique``), an alias twice
     raise ``NotCovered`` then.
     """
