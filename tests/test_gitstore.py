@@ -9,14 +9,18 @@ index's large-offset table (packs over 2 GiB) is checked by reading it back.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from reconciler.adopt.gitstore import NewRepository, _pack_index, _stored_zlib
+from reconciler.errors import ReconcilerError
 
 FILES = {
     "README.md": b"# imported\n",
@@ -44,14 +48,21 @@ def test_stored_zlib_is_a_zlib_stream(size: int) -> None:
     assert zlib.decompress(b"".join(bytes(p) for p in _stored_zlib(data))) == data
 
 
-def test_new_repository_is_what_git_add_gives(tmp_path: Path) -> None:
-    """Same tree as ``git add -A``; fsck, verify-pack and status clean; clones and pushes."""
+@pytest.mark.parametrize("made", [False, True], ids=["write", "write_made"])
+def test_new_repository_is_what_git_add_gives(tmp_path: Path, made: bool) -> None:
+    """Same tree as ``git add -A``; fsck, verify-pack and status clean; clones and pushes.
+
+    ``write_made`` writes half the files in a forked child, into a second pack.
+    """
     ours = tmp_path / "ours"
     ours.mkdir()
     repo = NewRepository(ours, "main")
     try:
-        for rel, data in FILES.items():
-            repo.write(rel, data)
+        if made:
+            repo.write_made([(rel, lambda data=data: data) for rel, data in FILES.items()])
+        else:
+            for rel, data in FILES.items():
+                repo.write(rel, data)
         commit = repo.commit("Import of a test host")
     finally:
         repo.close()
@@ -67,8 +78,9 @@ def test_new_repository_is_what_git_add_gives(tmp_path: Path) -> None:
     assert _git(ours, "log", "--format=%s") == "Import of a test host"
     _git(ours, "fsck", "--strict", "--full", "--no-dangling")
     packs = list((ours / ".git" / "objects" / "pack").glob("pack-*.idx"))
-    assert len(packs) == 1 and not list((ours / ".git" / "objects").glob("??/*"))  # no loose objects
-    assert _git(ours, "verify-pack", str(packs[0])) == ""
+    assert len(packs) == (2 if made else 1) and not list((ours / ".git" / "objects").glob("??/*"))  # none loose
+    assert all(_git(ours, "verify-pack", str(pack)) == "" for pack in packs)
+    assert not list((ours / ".git" / "objects" / "pack").glob("tmp_*"))
     ls = _git(ours, "ls-files", "-s").splitlines()
     assert [line.split("\t")[1] for line in ls] == sorted(FILES)  # byte order, as git keeps its index
     assert ls == _git(theirs, "ls-files", "-s").splitlines()
@@ -85,6 +97,56 @@ def test_new_repository_is_what_git_add_gives(tmp_path: Path) -> None:
     assert _git(bare, "rev-parse", "main") == commit
     _git(ours, "gc", "-q")
     _git(ours, "fsck", "--strict", "--full", "--no-dangling")
+
+
+class _Refused(Exception):
+    """A maker's own error (picklable, as bulk.NotCovered is)."""
+
+
+def _children() -> list[int]:
+    return [int(p) for p in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()]
+
+
+def _refuse(name: str) -> bytes:
+    raise _Refused(name)
+
+
+def _sleep() -> bytes:
+    time.sleep(60)
+    return b""
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("not picklable")
+
+
+def _unpicklable() -> bytes:
+    raise _Unpicklable("held a lock")
+
+
+@pytest.mark.parametrize(
+    ("makers", "raised", "text"),
+    [
+        # the child's file (every second one) fails: its own exception, raised here once the child is done
+        ([lambda: b"a", lambda: _refuse("b.example"), lambda: b"c"], _Refused, "b.example"),
+        # this process's file fails while the child is still busy: the child is stopped, not waited for
+        ([lambda: _refuse("a.example"), _sleep], _Refused, "a.example"),
+        ([lambda: b"a", _unpicklable], ReconcilerError, "second writer: _Unpicklable('held a lock')"),
+    ],
+    ids=["child", "parent", "unpicklable"],
+)
+def test_write_made_raises_either_writers_error_and_leaves_no_child(
+    tmp_path: Path, makers: list[Callable[[], bytes]], raised: type[Exception], text: str
+) -> None:
+    repo = NewRepository(tmp_path / "repo", "main")
+    started = time.monotonic()
+    try:
+        with pytest.raises(raised, match=re.escape(text)):
+            repo.write_made([(f"domains/{i}.yaml", make) for i, make in enumerate(makers)])
+    finally:
+        repo.close()
+    assert time.monotonic() - started < 20 and _children() == []
 
 
 def test_pack_index_keeps_large_offsets_apart() -> None:

@@ -29,6 +29,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,11 @@ def import_host(cfg: AgentConfig, out: Path) -> ImportResult:
     )
 
 
+def _maker(texts: Mapping[str, str], name: str) -> Callable[[], bytes]:
+    """What makes domain ``name``'s file: its text is made and checked when it is read (``bulk.Lazy``)."""
+    return lambda: texts[name].encode()
+
+
 def _write(
     cfg: AgentConfig, out: Path, found: Findings, secrets: Secrets, reader: LineReader | None
 ) -> tuple[str, Counts]:
@@ -151,8 +157,7 @@ def _write(
                         for p in validated.problems
                     ]
                 )
-            for name, text in domains.items():  # each text made and checked as it is read
-                git.write(f"domains/{name}.yaml", text.encode())
+            git.write_made([(f"domains/{name}.yaml", _maker(domains, name)) for name in domains])
             git.write("schemas/domain.schema.json", domain_schema().encode())
             git.write("README.md", repo.readme(cfg, found, counts).encode())
             commit = git.commit(f"Import of {socket.gethostname()} ({config_dir} and the mail database)")
