@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import struct
 import subprocess
 import time
@@ -36,6 +37,10 @@ FILES = {
 }
 
 
+def _no_fork() -> int:
+    raise BlockingIOError(11, "Resource temporarily unavailable")
+
+
 def _git(repo: Path, *args: str) -> str:
     res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
     assert res.returncode == 0, (args, res.stderr)
@@ -48,12 +53,16 @@ def test_stored_zlib_is_a_zlib_stream(size: int) -> None:
     assert zlib.decompress(b"".join(bytes(p) for p in _stored_zlib(data))) == data
 
 
-@pytest.mark.parametrize("made", [False, True], ids=["write", "write_made"])
-def test_new_repository_is_what_git_add_gives(tmp_path: Path, made: bool) -> None:
+@pytest.mark.parametrize("how", ["write", "write_made", "write_made_no_fork"])
+def test_new_repository_is_what_git_add_gives(tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same tree as ``git add -A``; fsck, verify-pack and status clean; clones and pushes.
 
-    ``write_made`` writes half the files in a forked child, into a second pack.
+    ``write_made`` writes half the files in a forked child, into a second pack; all of them here
+    when no process can be forked.
     """
+    if how == "write_made_no_fork":
+        monkeypatch.setattr(os, "fork", _no_fork)
+    made = how != "write"
     ours = tmp_path / "ours"
     ours.mkdir()
     repo = NewRepository(ours, "main")
@@ -78,7 +87,7 @@ def test_new_repository_is_what_git_add_gives(tmp_path: Path, made: bool) -> Non
     assert _git(ours, "log", "--format=%s") == "Import of a test host"
     _git(ours, "fsck", "--strict", "--full", "--no-dangling")
     packs = list((ours / ".git" / "objects" / "pack").glob("pack-*.idx"))
-    assert len(packs) == (2 if made else 1) and not list((ours / ".git" / "objects").glob("??/*"))  # none loose
+    assert len(packs) == (2 if how == "write_made" else 1) and not list((ours / ".git" / "objects").glob("??/*"))  # none loose
     assert all(_git(ours, "verify-pack", str(pack)) == "" for pack in packs)
     assert not list((ours / ".git" / "objects" / "pack").glob("tmp_*"))
     ls = _git(ours, "ls-files", "-s").splitlines()
@@ -125,6 +134,11 @@ def _unpicklable() -> bytes:
     raise _Unpicklable("held a lock")
 
 
+def _killed() -> bytes:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return b""
+
+
 @pytest.mark.parametrize(
     ("makers", "raised", "text"),
     [
@@ -133,8 +147,9 @@ def _unpicklable() -> bytes:
         # this process's file fails while the child is still busy: the child is stopped, not waited for
         ([lambda: _refuse("a.example"), _sleep], _Refused, "a.example"),
         ([lambda: b"a", _unpicklable], ReconcilerError, "second writer: _Unpicklable('held a lock')"),
+        ([lambda: b"a", _killed], ReconcilerError, "second writer stopped without an answer"),
     ],
-    ids=["child", "parent", "unpicklable"],
+    ids=["child", "parent", "unpicklable", "killed"],
 )
 def test_write_made_raises_either_writers_error_and_leaves_no_child(
     tmp_path: Path, makers: list[Callable[[], bytes]], raised: type[Exception], text: str

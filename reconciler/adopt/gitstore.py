@@ -98,12 +98,18 @@ class NewRepository:
         process writes the others meanwhile. An error of either (a maker's included) is raised here,
         once the child is gone; the caller removes what was written.
         """
-        if len(files) < 2:
+        pid = -1
+        if len(files) > 1:
+            read_fd, write_fd = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:  # no second process to be had (a process limit, no memory): all here
+                os.close(read_fd)
+                os.close(write_fd)
+        if pid < 0:
             for rel, make in files:
                 self.write(rel, make())
             return
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(read_fd)
             _child_writes(self, files[1::2], write_fd)
@@ -118,7 +124,9 @@ class NewRepository:
             finally:
                 got = answer.read()
                 os.waitpid(pid, 0)
-        outcome = pickle.loads(got) if got else ReconcilerError  # noqa: S301 (our own child, our own pipe)("the import's second writer stopped")
+        if not got:  # killed by something else, before it answered
+            raise ReconcilerError("the import's second writer stopped without an answer")
+        outcome = pickle.loads(got)  # noqa: S301 (our own child, through our own pipe)
         if isinstance(outcome, BaseException):
             raise outcome
         self._entries.update(outcome)
