@@ -2,17 +2,18 @@
 
 Called by ``import_host`` (``reconciler.adopt``) to write the imported repository. ``git init``
 makes the skeleton; then each file is written to the work tree (its index entry taken from the
-file's own ``fstat``) and, beside it, appended to one pack as an object in stored zlib blocks (no
+file's own ``fstat``) and, beside it, appended to a pack as an object in stored zlib blocks (no
 compression, as ``core.looseCompression=0`` gives for loose objects; the first ``git gc`` or push
-compresses). ``commit`` adds the trees and the commit, finishes the pack and its index (version
-2), and writes the index (version 2) and the branch ref. The result is what ``git add -A && git
+compresses): the domain files by two processes, each into a pack of its own (``write_made``).
+``commit`` adds the trees and the commit, finishes the pack and its index (version 2), and writes
+the index (version 2) and the branch ref. The result is what ``git add -A && git
 commit`` gives in its objects and index entries; ``git fsck --strict`` and ``git status`` find it
 clean (tests/test_gitstore.py).
 
 Why not git itself: at a million mailboxes the domain files are about 140 MB, and ``git
 update-index`` hashes them with its collision-detecting SHA-1 and copies them through zlib, about
 2 CPU-seconds, into a thousand loose objects; here the hash is OpenSSL's, the object is the file's
-bytes behind a 5-byte header every 64 KiB, and all objects go to one file (measured in
+bytes behind a 5-byte header every 64 KiB, and the objects go to one or two files (measured in
 bench/importbench.py).
 """
 
