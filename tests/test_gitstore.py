@@ -155,13 +155,14 @@ def test_write_made_raises_either_writers_error_and_leaves_no_child(
     tmp_path: Path, makers: list[Callable[[], bytes]], raised: type[Exception], text: str
 ) -> None:
     repo = NewRepository(tmp_path / "repo", "main")
+    before = set(_children())  # a worker may hold a session's servers
     started = time.monotonic()
     try:
         with pytest.raises(raised, match=re.escape(text)):
             repo.write_made([(f"domains/{i}.yaml", make) for i, make in enumerate(makers)])
     finally:
         repo.close()
-    assert time.monotonic() - started < 20 and _children() == []
+    assert time.monotonic() - started < 20 and set(_children()) <= before
 
 
 def test_pack_index_keeps_large_offsets_apart() -> None:
