@@ -113,7 +113,7 @@ class NewRepository:
             return
         if pid == 0:  # the child: never returns
             os.close(read_fd)
-            _child_writes(self, files[1::2], write_fd)
+            self._write_in_child(files[1::2], write_fd)
         os.close(write_fd)
         with os.fdopen(read_fd, "rb") as answer:
             try:
@@ -131,6 +131,33 @@ class NewRepository:
         if isinstance(outcome, BaseException):
             raise outcome
         self._entries.update(outcome)
+
+    def _write_in_child(self, files: Sequence[tuple[str, Callable[[], bytes]]], answer_fd: int) -> NoReturn:
+        """In ``write_made``'s child: write ``files`` and a finished pack of their objects, answer, exit.
+
+        The answer is the entries written, or the error (pickled: a maker's own exception, such as
+        ``bulk.NotCovered``, reaches the caller as itself). The child leaves through ``os._exit``: no
+        cleanup of the parent's runs in it, no buffered output is written twice.
+        """
+        code = 0
+        try:
+            self._pack = _Pack(self._pack.directory, "tmp_pack_import_2")
+            self._entries = {}
+            for rel, make in files:
+                self.write(rel, make())
+            self._pack.finish()
+            outcome: object = self._entries
+        except BaseException as exc:  # everything goes back to the caller
+            outcome, code = exc, 1
+        try:
+            try:
+                payload = pickle.dumps(outcome)
+            except Exception:  # an error that cannot be pickled: its text
+                payload = pickle.dumps(ReconcilerError(f"the import's second writer: {outcome!r}"))
+            with os.fdopen(answer_fd, "wb") as answer:
+                answer.write(payload)
+        finally:
+            os._exit(code)
 
     def close(self) -> None:
         """Close the pack (after ``commit``, or an import that stops half-way)."""
@@ -222,34 +249,6 @@ class _Pack:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _child_writes(repo: NewRepository, files: Sequence[tuple[str, Callable[[], bytes]]], answer_fd: int) -> NoReturn:
-    """In ``write_made``'s child: write ``files`` and a finished pack of their objects, answer, exit.
-
-    The answer is the entries written, or the error (pickled: a maker's own exception, such as
-    ``bulk.NotCovered``, reaches the caller as itself). The child leaves through ``os._exit``: no
-    cleanup of the parent's runs in it, no buffered output is written twice.
-    """
-    code = 0
-    try:
-        repo._pack = _Pack(repo._pack.directory, "tmp_pack_import_2")
-        repo._entries = {}
-        for rel, make in files:
-            repo.write(rel, make())
-        repo._pack.finish()
-        outcome: object = repo._entries
-    except BaseException as exc:  # everything goes back to the caller
-        outcome, code = exc, 1
-    try:
-        try:
-            payload = pickle.dumps(outcome)
-        except Exception:  # an error that cannot be pickled: its text
-            payload = pickle.dumps(ReconcilerError(f"the import's second writer: {outcome!r}"))
-        with os.fdopen(answer_fd, "wb") as answer:
-            answer.write(payload)
-    finally:
-        os._exit(code)
 
 
 def _entry_header(kind: int, size: int) -> bytes:
